@@ -1,0 +1,101 @@
+"""The Faust application: one `StreamRec` runtime holding the app, its topics and its tables.
+
+Nothing here is module-level state: `build_runtime(settings)` makes a fresh runtime, and the agents
+in agents/ register themselves on it. Topics and tables are declared once, here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+from faust.types import EventT
+
+from app import topics
+from app.kafka import ssl_context
+from app.settings import Settings
+
+
+@dataclass
+class StreamRec:
+    """What an agent needs: settings, the app, topics by name, tables, and long-lived services."""
+
+    settings: Settings
+    app: faust.App
+    topics: dict[str, faust.TopicT]
+    profiles: faust.Table
+    recstate: faust.Table
+    stats: faust.Table
+    services: Any = None  # app.services.Services, attached by the worker at startup
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _credentials(settings: Settings) -> Any:
+    context = ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def build_runtime(settings: Settings) -> StreamRec:
+    broker = ";".join(f"kafka://{host}" for host in settings.kafka_bootstrap.split(","))
+    app = faust.App(
+        settings.app_id,
+        broker=broker,
+        broker_credentials=_credentials(settings),
+        store="rocksdb://",
+        datadir=str(settings.data_dir / "faust"),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=False,  # topics are created by app.kafka.ensure_topics, all alike
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,  # our own aiohttp server (app.web) serves /healthz, /readyz, /metrics
+        table_standby_replicas=0,
+        stream_wait_empty=False,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        # Tansu keeps a join open for the whole rebalance timeout before it answers a lone member;
+        # a short timeout makes a single worker get its partitions in seconds, not ~30 s (DESIGN.md §5).
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_session_timeout=max(settings.rebalance_timeout_s, 10.0),
+        broker_heartbeat_interval=1.0,
+    )
+
+    def topic(name: str) -> faust.TopicT:
+        return app.topic(name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+
+    declared = {name: topic(name) for name in topics.ALL}
+
+    def table(name: str) -> faust.Table:
+        return app.Table(name, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+
+    return StreamRec(settings=settings, app=app, topics=declared, profiles=table("profiles"),
+                     recstate=table("recstate"), stats=table("stats"))
+
+
+@contextlib.contextmanager
+def in_partition_of(event: EventT) -> Iterator[None]:
+    """Make `event` the current event, so table writes go to its partition.
+
+    Faust picks a table write's changelog partition and RocksDB store from the current event. When we
+    batch with `take_events`, the agent body runs outside Faust's per-message context and a batch mixes
+    partitions, so each user's write is made in the context of one of that user's own events.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
