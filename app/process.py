@@ -1,0 +1,94 @@
+"""Run a `streamrec worker` as a child process and wait on its HTTP endpoints, not on sleeps.
+
+Used by the demo, the benchmark and the integration/reliability tests, so all of them start, watch
+and kill workers the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Self
+
+import httpx
+
+from app.broker import free_port
+
+
+class WorkerProcess:
+    def __init__(self, bootstrap: str, data_dir: Path, *, env: dict[str, str] | None = None,
+                 log_path: Path | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.data_dir = data_dir
+        self.log_path = log_path or data_dir / "worker.log"
+        self.env = {**os.environ, "STREAMREC_KAFKA_BOOTSTRAP": bootstrap, "STREAMREC_DATA_DIR": str(data_dir),
+                    "STREAMREC_WEB_PORT": str(self.port), "STREAMREC_SQLITE_PATH": str(data_dir / "streamrec.db"),
+                    "STREAMREC_MODEL_DIR": os.environ.get("STREAMREC_MODEL_DIR", str(data_dir / "models")),
+                    **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> WorkerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+        return self
+
+    def get(self, path: str, timeout: float = 5.0) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=timeout)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        last: object = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}; see {self.log_path}:\n"
+                                   + self.log_tail())
+            try:
+                response = self.get("/readyz", timeout=2.0)
+                last = response.json()
+                if response.status_code == 200:
+                    return last
+            except httpx.HTTPError as exc:
+                last = exc
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready after {timeout_s}s (last: {last}); log:\n{self.log_tail()}")
+
+    def stats(self) -> dict[str, int]:
+        return self.get("/stats").json()
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within timeout_s; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

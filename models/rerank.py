@@ -1,0 +1,315 @@
+"""Scene-aware re-ranking of recalled candidates, with diversity and a reason per item (DESIGN.md §2.6).
+
+Steps, all deterministic (ties broken by item id):
+
+1. Merge candidates by item id (the most personal source wins: history > ann > category > trending,
+   then the higher score; its anchor gives the reason; missing category/vector filled in) and drop
+   the purchased items; in post_purchase also drop (or down-weight) same-category substitutes of the
+   latest order.
+2. Relevance = a weighted blend, per scene, of the recall score (scaled to [0, 1] within its source:
+   divided by the source's best, min-max when negative, as ANN similarities and popularity counts
+   are not comparable), popularity (log-scaled), the user's category interest and the user's own
+   recent interest in the item. Viewed-but-not-bought items may come back: that weight is tunable,
+   not an exclusion. Shopping adds a boost for the user's current top categories. Recently shown
+   items are multiplied by ``shown_penalty``.
+3. MMR: pick ``argmax lambda * rel - (1 - lambda) * max_sim(picked)`` where sim is the cosine of the
+   vectors when both have one, else 1 for the same category. Browsing uses a low lambda (diverse),
+   shopping a high one (focused).
+4. Cold start: with no personal signal at all (no interests, only trending/category candidates) the
+   list is popularity with category diversity.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Source = Literal["ann", "history", "trending", "category"]
+PERSONAL_SOURCES = frozenset({"ann", "history"})
+_SOURCE_PRIORITY = {"history": 0, "ann": 1, "category": 2, "trending": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A recalled item. ``anchor``: the item that brought it (its ANN query item, or the bought item)."""
+
+    item_id: str
+    score: float
+    source: Source
+    category: str | None = None
+    vector: np.ndarray | None = field(default=None, compare=False)
+    anchor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RerankContext:
+    """What the re-ranker knows about the user at ``now_ms``."""
+
+    scene: str
+    category_weights: Mapping[str, float]
+    item_weights: Mapping[str, float]
+    purchased: frozenset[str]
+    purchased_categories: frozenset[str]  # categories of the latest order: substitutes in post_purchase
+    recently_shown: frozenset[str]
+    popularity: Callable[[str], float] | Mapping[str, float]
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SceneWeights:
+    """Blend for one scene; relevance terms are each in [0, 1]."""
+
+    recall: float  # recall score, scaled to [0, 1] within its source
+    popularity: float  # log1p popularity / the candidates' maximum
+    category: float  # user's interest in the item's category / the user's strongest category
+    item: float  # user's own recent interest in this item (re-surfacing viewed items)
+    focus_boost: float  # added when the category is one of the user's top ``focus_categories``
+    mmr_lambda: float  # 1 = pure relevance, lower = more diverse
+    substitute_factor: float  # multiplier for same-category-as-latest-order items; 0 = excluded
+
+
+@dataclass(frozen=True, slots=True)
+class RerankParams:
+    """Per-scene weights. Browsing explores (popularity, diversity), shopping focuses on the current
+    categories and on items already viewed, post_purchase looks for complements of the order."""
+
+    browsing: SceneWeights = SceneWeights(
+        recall=1.0,
+        popularity=0.5,
+        category=0.3,
+        item=0.2,
+        focus_boost=0.0,
+        mmr_lambda=0.5,
+        substitute_factor=1.0,
+    )
+    shopping: SceneWeights = SceneWeights(
+        recall=1.0,
+        popularity=0.2,
+        category=0.8,
+        item=0.6,
+        focus_boost=0.6,
+        mmr_lambda=0.85,
+        substitute_factor=1.0,
+    )
+    post_purchase: SceneWeights = SceneWeights(
+        recall=1.0,
+        popularity=0.3,
+        category=0.3,
+        item=0.0,
+        focus_boost=0.0,
+        mmr_lambda=0.7,
+        substitute_factor=0.0,
+    )
+    cold: SceneWeights = SceneWeights(
+        recall=0.5,
+        popularity=1.0,
+        category=0.0,
+        item=0.0,
+        focus_boost=0.0,
+        mmr_lambda=0.6,
+        substitute_factor=1.0,
+    )
+    shown_penalty: float = 0.5  # multiplier for items in the recently shown lists
+    focus_categories: int = 3
+
+    def for_scene(self, scene: str, cold: bool) -> SceneWeights:
+        if cold:
+            return self.cold
+        return {"shopping": self.shopping, "post_purchase": self.post_purchase}.get(scene, self.browsing)
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    item_id: str
+    score: float
+    reason: str
+
+
+def _merge(candidates: Sequence[Candidate]) -> list[Candidate]:
+    best: dict[str, Candidate] = {}
+    for cand in candidates:
+        old = best.get(cand.item_id)
+        if old is None or _better(cand, old):
+            best[cand.item_id] = _with_fallbacks(cand, old)
+        elif (old.category is None and cand.category is not None) or (
+            old.vector is None and cand.vector is not None
+        ):
+            best[cand.item_id] = _with_fallbacks(old, cand)
+    return [best[key] for key in sorted(best)]
+
+
+def _better(a: Candidate, b: Candidate) -> bool:
+    pa, pb = _SOURCE_PRIORITY.get(a.source, 9), _SOURCE_PRIORITY.get(b.source, 9)
+    return (pa, -a.score) < (pb, -b.score)
+
+
+def _with_fallbacks(main: Candidate, other: Candidate | None) -> Candidate:
+    if other is None or (main.category is not None and main.vector is not None):
+        return main
+    return Candidate(
+        main.item_id,
+        main.score,
+        main.source,
+        main.category if main.category is not None else other.category,
+        main.vector if main.vector is not None else other.vector,
+        main.anchor,
+    )
+
+
+def _scaled_by_source(cands: Sequence[Candidate]) -> np.ndarray:
+    out = np.zeros(len(cands))
+    by_source: dict[str, list[int]] = {}
+    for i, cand in enumerate(cands):
+        by_source.setdefault(cand.source, []).append(i)
+    for idx in by_source.values():
+        raw = np.array([cands[i].score for i in idx], dtype=float)
+        lo, hi = float(raw.min()), float(raw.max())
+        if lo >= 0:
+            out[idx] = raw / hi if hi > 0 else 1.0  # keep ratios (similarities, counts)
+        else:
+            out[idx] = (raw - lo) / (hi - lo) if hi > lo else 1.0
+    return out
+
+
+def _norm_lookup(weights: Mapping[str, float], keys: Sequence[str | None]) -> np.ndarray:
+    top = max(weights.values(), default=0.0)
+    if top <= 0:
+        return np.zeros(len(keys))
+    return np.array([max(weights.get(k, 0.0), 0.0) / top if k is not None else 0.0 for k in keys])
+
+
+def _popularity(ctx: RerankContext, items: Sequence[str]) -> np.ndarray:
+    lookup = ctx.popularity
+    raw = [lookup(i) if callable(lookup) else lookup.get(i, 0.0) for i in items]
+    logs = np.log1p(np.maximum(np.array(raw, dtype=float), 0.0))
+    top = float(logs.max(initial=0.0))
+    return logs / top if top > 0 else logs
+
+
+class _Similarity:
+    """Similarity rows on demand (MMR needs only k of the C rows): the cosine where both items have a
+    vector, else 1.0 for equal known categories. Rows are matrix-vector products: a full C x C product
+    is slower here, as multi-threaded BLAS contends for the cores on small matrices."""
+
+    __slots__ = ("_cat", "_has", "_mat")
+
+    def __init__(self, cands: Sequence[Candidate]) -> None:
+        codes: dict[str, int] = {}
+        self._cat = np.array(
+            [codes.setdefault(c.category, len(codes)) if c.category is not None else -1 for c in cands],
+        )
+        dim = next((len(c.vector) for c in cands if c.vector is not None), 0)
+        self._has = np.array([c.vector is not None and len(c.vector) == dim > 0 for c in cands], dtype=bool)
+        self._mat: np.ndarray | None = None
+        if self._has.sum() >= 2:
+            mat = np.zeros((len(cands), dim))
+            mat[self._has] = np.stack(
+                [np.asarray(c.vector, dtype=float) for c, ok in zip(cands, self._has, strict=True) if ok]
+            )
+            norms = np.linalg.norm(mat, axis=1)
+            self._mat = np.divide(mat, norms[:, None], out=np.zeros_like(mat), where=norms[:, None] > 0)
+
+    def __call__(self, i: int) -> np.ndarray:
+        row = ((self._cat == self._cat[i]) & (self._cat >= 0)).astype(float)
+        if self._mat is not None and self._has[i]:
+            row = np.where(self._has, self._mat @ self._mat[i], row)
+        row[i] = 1.0
+        return row
+
+
+def mmr(
+    relevance: np.ndarray, sim: np.ndarray | Callable[[int], np.ndarray], k: int, lam: float
+) -> list[int]:
+    """Maximal marginal relevance order of the first ``k`` picks; ties go to the lower index.
+
+    ``sim`` is a similarity matrix or a function giving row ``i`` of it.
+    """
+    row = sim if callable(sim) else sim.__getitem__
+    n = len(relevance)
+    chosen: list[int] = []
+    free = np.ones(n, dtype=bool)
+    max_sim = np.zeros(n)
+    for _ in range(min(k, n)):
+        value = lam * relevance - (1.0 - lam) * (max_sim if chosen else 0.0)
+        value = np.where(free, value, -np.inf)
+        best = int(np.argmax(value))
+        chosen.append(best)
+        free[best] = False
+        max_sim = np.maximum(max_sim, row(best))
+    return chosen
+
+
+def _reason(cand: Candidate, ctx: RerankContext, in_focus: bool, cold: bool) -> str:
+    if ctx.scene == "post_purchase" and cand.anchor is not None and cand.anchor in ctx.purchased:
+        return f"goes with your purchase of {cand.anchor}"
+    if ctx.item_weights.get(cand.item_id, 0.0) > 0 or cand.source == "history":
+        return "you viewed this item"
+    if cand.source == "ann" and cand.anchor is not None:
+        return f"similar to item {cand.anchor} you viewed"
+    if cand.category is not None and in_focus and not cold:
+        return f"more from category {cand.category} you are looking at"
+    if cand.source == "ann":
+        return "matches your recent interests"
+    if cand.source == "category" and cand.category is not None:
+        return f"popular in category {cand.category}"
+    return "trending now"
+
+
+def rerank(
+    candidates: Sequence[Candidate],
+    ctx: RerankContext,
+    k: int,
+    params: RerankParams = RerankParams(),
+) -> list[Ranked]:
+    """The final list of at most ``k`` items for ``ctx.scene``, best first, each with a reason."""
+    cands = [c for c in _merge(candidates) if c.item_id not in ctx.purchased]
+    cold = (
+        not ctx.category_weights
+        and not ctx.item_weights
+        and not any(c.source in PERSONAL_SOURCES for c in cands)
+    )
+    weights = params.for_scene(ctx.scene, cold)
+    if weights.substitute_factor <= 0:
+        cands = [c for c in cands if c.category is None or c.category not in ctx.purchased_categories]
+    if not cands or k <= 0:
+        return []
+
+    items = [c.item_id for c in cands]
+    cats = [c.category for c in cands]
+    focus = {
+        cat
+        for cat, _ in sorted(ctx.category_weights.items(), key=lambda kv: (-kv[1], kv[0]))[
+            : params.focus_categories
+        ]
+        if ctx.category_weights.get(cat, 0.0) > 0
+    }
+    in_focus = np.array([c in focus for c in cats])
+    cat_interest = _norm_lookup(ctx.category_weights, cats)
+    rel = (
+        weights.recall * _scaled_by_source(cands)
+        + weights.popularity * _popularity(ctx, items)
+        + weights.category * cat_interest
+        + weights.item * _norm_lookup(ctx.item_weights, items)
+        + weights.focus_boost * in_focus * np.maximum(cat_interest, 0.5)
+    )
+    if weights.substitute_factor < 1:
+        rel *= np.array(
+            [
+                weights.substitute_factor if c is not None and c in ctx.purchased_categories else 1.0
+                for c in cats
+            ]
+        )
+    rel *= np.array([params.shown_penalty if i in ctx.recently_shown else 1.0 for i in items])
+    top = float(rel.max())
+    rel = rel / top if top > 0 else rel
+
+    order = mmr(rel, _Similarity(cands), k, weights.mmr_lambda)
+    return [
+        Ranked(items[i], round(float(rel[i]), 6), _reason(cands[i], ctx, bool(in_focus[i]), cold))
+        for i in order
+        if math.isfinite(float(rel[i]))
+    ]

@@ -1,0 +1,131 @@
+"""Fixtures for integration tests: a real Tansu broker, a trained model, a real worker process.
+
+One broker and one worker serve the whole session (a worker takes seconds to get its partitions);
+tests use their own user ids and compare counter deltas, so they do not depend on each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from app import topics
+from app.broker import EmbeddedBroker
+from app.kafka import ensure_topics
+from app.process import WorkerProcess
+from app.settings import Settings
+from app.simulator import simulate
+from app.training import train_model
+from models.vectors import ItemVectors
+from schemas.events import CatalogItem, Recommendation
+from schemas.validation import encode_event
+
+_decode_rec = msgspec.json.Decoder(Recommendation).decode
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(log_path=tmp_path_factory.mktemp("broker") / "broker.log") as running:
+        asyncio.run(ensure_topics(Settings(kafka_bootstrap=running.bootstrap)))
+        yield running
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained on simulated shop history: item vectors know the category structure."""
+    root = tmp_path_factory.mktemp("models")
+    events = [e for e in simulate(n_users=300, n_items=600, n_categories=12, n_events=30_000, seed=3,
+                                  start_ts_ms=int(time.time() * 1000) - 86_400_000)
+              if not isinstance(e, CatalogItem)]
+    train_model(events, root, dim=32)
+    return root
+
+
+@pytest.fixture(scope="session")
+def item_vectors(model_dir: Path) -> ItemVectors:
+    (version,) = [p for p in model_dir.iterdir() if (p / "meta.json").exists()]
+    return ItemVectors.load(version / "vectors")
+
+
+@pytest.fixture(scope="session")
+def worker(broker: EmbeddedBroker, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    data_dir = tmp_path_factory.mktemp("worker")
+    process = WorkerProcess(broker.bootstrap, data_dir,
+                            env={"STREAMREC_MODEL_DIR": str(model_dir), "STREAMREC_VECTOR_DIM": "32"})
+    with process:
+        process.wait_ready(timeout_s=120)
+        yield process
+    print(process.log_tail())
+
+
+class Kafka:
+    """Produce to and read from the test broker synchronously (each call runs its own event loop)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+
+    def send(self, items: list[tuple[str, bytes | None, bytes]]) -> None:
+        async def go() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+            await producer.start()
+            try:
+                for topic, key, value in items:
+                    await producer.send_and_wait(topic, value, key=key)
+            finally:
+                await producer.stop()
+
+        asyncio.run(go())
+
+    def send_events(self, events: list) -> None:
+        self.send([(topics.TOPIC_BY_TYPE[type(e).__name__.lower()], e.user_id.encode(), encode_event(e))
+                   for e in events])
+
+    def read_until(self, topic: str, done: Callable[[list], bool], timeout_s: float = 60.0,
+                   key: bytes | None = None) -> list:
+        """Read `topic` from the beginning (optionally only `key`) until done(messages) or timeout."""
+
+        async def go() -> list:
+            reader = AIOKafkaConsumer(topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
+                                      enable_auto_commit=False, group_id=None)
+            await reader.start()
+            seen: list = []
+            deadline = time.monotonic() + timeout_s
+            try:
+                while time.monotonic() < deadline:
+                    batches = await reader.getmany(timeout_ms=500)
+                    for messages in batches.values():
+                        seen.extend(m for m in messages if key is None or m.key == key)
+                    if done(seen):
+                        return seen
+                return seen
+            finally:
+                await reader.stop()
+
+        return asyncio.run(go())
+
+    def recommendations(self, user_id: str, done: Callable[[list[Recommendation]], bool],
+                        timeout_s: float = 60.0) -> list[Recommendation]:
+        messages = self.read_until(topics.RECOMMENDATIONS, lambda ms: done([_decode_rec(m.value) for m in ms]),
+                                   timeout_s, key=user_id.encode())
+        return [_decode_rec(m.value) for m in messages]
+
+
+@pytest.fixture(scope="session")
+def kafka(broker: EmbeddedBroker) -> Kafka:
+    return Kafka(broker.bootstrap)
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float = 60.0, interval_s: float = 0.3) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise TimeoutError(f"condition not met within {timeout_s}s")
