@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from agents.ingest import deadletter_headers
+from agents.ingest import deadletter_headers, deadletter_value
 from app import topics
 from app.faust_app import StreamRec
 from app.store import ItemMeta
@@ -32,12 +32,12 @@ def register(sr: StreamRec) -> None:
                 if isinstance(result, Rejection):
                     headers = deadletter_headers(result.reason, result.detail, message.topic,
                                                  message.partition, message.offset)
-                    sent.append(await deadletter.send(key=message.topic.encode(), value=message.value or b"",
-                                                      headers=headers))
+                    value = deadletter_value(message.value, headers, sr.settings.max_message_bytes)
+                    sent.append(await deadletter.send(key=message.topic.encode(), value=value, headers=headers))
                 else:
                     items.append(result)
             if items:
-                await asyncio.to_thread(services.apply_catalog, items)
+                services.apply_catalog(items)  # on the loop: recall is shared with the refresh agent
                 await sr.extras["store"].put_items(
                     [ItemMeta(item_id=i.item_id, category=i.category, price=i.price, available=i.available,
                               updated_at=i.ts or now_ms) for i in items])

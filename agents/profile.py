@@ -13,19 +13,32 @@ from collections import defaultdict
 
 import msgspec
 import orjson
+from faust.types import EventT
 
 from app import topics
-from app.counters import BatchCounts
+from app.counters import BatchCounts, counted_upto
 from app.faust_app import StreamRec, in_partition_of
+from app.ledger import LEDGER_KEY, SOURCE_HEADER, bounded, classify, header
 from models.profile import UserProfile, apply_event, new_profile
-from schemas.events import UserEvent
+from schemas.events import Forget, UserEvent
 
-_decode = msgspec.json.Decoder(UserEvent).decode
+_decode = msgspec.json.Decoder(UserEvent | Forget).decode
 
 
 def load_profile(sr: StreamRec, user_id: str) -> UserProfile:
     raw = sr.profiles.get(user_id.encode())
     return UserProfile.from_dict(orjson.loads(raw)) if raw else new_profile(user_id)
+
+
+async def forget(sr: StreamRec, user_id: str, event: EventT) -> None:
+    """Erase a user's rows (changelog tombstones), store rows, and compacted recommendation lists."""
+    key = user_id.encode()
+    with in_partition_of(event):
+        for table in (sr.profiles, sr.recstate):
+            if key in table:
+                del table[key]
+    await sr.extras["store"].forget_user(user_id)
+    await sr.topics[topics.RECOMMENDATIONS].send(key=key, value=None)
 
 
 def register(sr: StreamRec) -> None:
@@ -43,20 +56,41 @@ def register(sr: StreamRec) -> None:
             counts = BatchCounts("profile")
             to_refresh: dict[int, list[str]] = defaultdict(list)
             switches = []
+            upto: dict[int, int] = {}
             for user_id, events in by_user.items():
-                state = load_profile(sr, user_id)
+                raw = orjson.loads(sr.profiles.get(user_id.encode()) or b"null")
+                state = UserProfile.from_dict(raw) if raw else new_profile(user_id)
+                first_seen: dict[str, list] = dict(raw.get(LEDGER_KEY, {})) if raw else {}
+                forgotten = False
                 for event in events:
+                    message = event.message
                     record = _decode(event.value)
-                    applied = apply_event(state, record, services.params, services.scene_model)
-                    if applied.duplicate:
-                        counts.add(event, "duplicates")
+                    if isinstance(record, Forget):
+                        state, forgotten, first_seen = new_profile(user_id), True, {}
                         continue
-                    counts.add(event, "accepted")
+                    forgotten = False
+                    if message.partition not in upto:
+                        upto[message.partition] = counted_upto(sr, "profile", message.partition).get("events", -1)
+                    source = header(message.headers, SOURCE_HEADER)
+                    applied = apply_event(state, record, services.params, services.scene_model)
+                    if not applied.duplicate:
+                        first_seen[record.event_id] = [source, message.offset]
+                    if message.offset > upto[message.partition]:  # not yet counted in a persisted batch
+                        counts.add(event, classify(not applied.duplicate, first_seen.get(record.event_id),
+                                                   source, message.offset))
+                        counts.mark(event, "events", message.offset)
+                    if applied.duplicate:
+                        continue
                     services.trending.observe_event(record)
                     if applied.scene_switch is not None:
                         switches.append(applied.scene_switch)
+                if forgotten:
+                    await forget(sr, user_id, events[-1])
+                    continue
                 with in_partition_of(events[-1]):
-                    sr.profiles[user_id.encode()] = orjson.dumps(state.to_dict())
+                    value = state.to_dict()
+                    value[LEDGER_KEY] = bounded(first_seen, state.recent_event_ids)  # same write as the ring
+                    sr.profiles[user_id.encode()] = orjson.dumps(value)
                 to_refresh[events[-1].message.partition].append(user_id)
             counts.flush(sr)
             sent = [await refresh_topic.send(key=b"users", value=orjson.dumps(users), partition=partition)

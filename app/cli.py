@@ -36,6 +36,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(max(level, logging.WARNING))
     logging.getLogger("faust").setLevel(max(level, logging.WARNING))
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
 
 
 @cli.command()
@@ -43,12 +44,14 @@ def demo(
     data: Annotated[Path | None, typer.Option(help="Taobao CSV(.gz) or JSON lines; default: the shared data set, else the simulator")] = None,
     events: Annotated[int | None, typer.Option(help="replay at most N events")] = None,
     duration: Annotated[float | None, typer.Option(help="stop replaying after S seconds")] = None,
-    rate: Annotated[float | None, typer.Option(help="events/s (default: as fast as the pipeline takes)")] = None,
+    rate: Annotated[float, typer.Option(help="events/s; 0 = as fast as possible")] = 1000.0,
+    simulate: Annotated[bool, typer.Option("--simulate", help="use the built-in simulator even if data exists")] = False,
 ) -> None:
     """Start the embedded broker and a worker, train, replay, show live recommendations, summarise."""
     from app.demo import run_demo
 
-    raise typer.Exit(run_demo(get_settings(), data=data, max_events=events, duration_s=duration, rate=rate))
+    raise typer.Exit(run_demo(get_settings(), data=data, max_events=events, duration_s=duration, rate=rate,
+                              simulate=simulate))
 
 
 @cli.command()
@@ -144,6 +147,112 @@ def train(
         history, _ = split_by_time(history, train_fraction)
     path = train_model(history, settings.model_dir, dim=settings.vector_dim)
     typer.echo(f"model version {path.name} written to {path}")
+
+
+@cli.command("forget-user")
+def forget_user(user_id: str, bootstrap: Bootstrap = None) -> None:
+    """Erase a user (privacy): store and history now; the worker drops its tables' rows and the
+    compacted recommendation topic gets a tombstone when it reads the request."""
+    from app.privacy import request_forget
+
+    settings = _settings(bootstrap)
+    _need_broker(settings)
+    asyncio.run(request_forget(settings, user_id))
+    typer.echo(f"user {user_id!r}: removed from the store; erase request sent to the workers")
+
+
+@cli.command()
+def evaluate(
+    data: Annotated[Path, typer.Option(help="Taobao CSV(.gz) or JSON lines in the topic schema")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the results as JSON")] = None,
+    report: Annotated[Path | None, typer.Option(help="write a Markdown report (and PNG) here")] = None,
+    baselines_only: Annotated[bool, typer.Option(help="skip StreamRec and its ablations")] = False,
+) -> None:
+    """Streaming evaluation on real data: time split, score each event's item against the list served."""
+    from app.evaluate_streamrec import evaluate_with_streamrec
+
+    result = evaluate_with_streamrec(data, json_out, report, baselines_only=baselines_only)
+    for name, system in result.systems.items():
+        typer.echo(f"{name:22s} HR@{result.k} {100 * (system.warm[f'hr@{result.k}'] or 0):6.2f}%  "
+                   f"MRR@{result.k} {100 * (system.warm[f'mrr@{result.k}'] or 0):6.2f}%")
+
+
+@cli.command()
+def lag(
+    watch: Annotated[bool, typer.Option("--watch", help="refresh every --interval seconds until Ctrl-C")] = False,
+    interval: Annotated[float, typer.Option(help="seconds between samples with --watch")] = 5.0,
+    group: Annotated[str | None, typer.Option(help="consumer group (default: STREAMREC_APP_ID)")] = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Print consumer lag per topic and partition: committed, highwater, lag, age of the oldest unprocessed."""
+    from app.lag import format_table, sample_once
+    from app.lag import watch as watch_lag
+
+    settings = _settings(bootstrap)
+    _need_broker(settings)
+    if not watch:
+        typer.echo(format_table(asyncio.run(sample_once(settings, group))))
+        return
+
+    async def loop() -> None:
+        async for samples in watch_lag(settings, interval, group):
+            typer.echo("\x1b[2J\x1b[H" + format_table(samples), nl=True)
+
+    try:
+        asyncio.run(loop())
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: STREAMREC_WEB_PORT)")] = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Serve the HTTP API alone (no agents): lists from the store, POST /events to Kafka, /openapi.json."""
+    from app.serve import run_serve
+
+    settings = _settings(bootstrap)
+    _need_broker(settings)
+    run_serve(settings if port is None else settings.model_copy(update={"web_port": port}))
+
+
+def _mount_subcommands() -> None:
+    from app.store_cli import store_app
+
+    cli.add_typer(store_app, name="store")
+
+
+_mount_subcommands()
+
+
+@cli.command()
+def bench(
+    json_path: Annotated[Path | None, typer.Option("--json", help="write every number to this JSON file")] = None,
+    events: Annotated[int | None, typer.Option(help="events for the throughput phases")] = None,
+    rate: Annotated[float | None, typer.Option(help="events/s for the freshness phase")] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="tiny sizes (CI): every phase, no meaningful speed")] = False,
+    users: Annotated[str | None, typer.Option(help="comma-separated user counts for the memory phase")] = None,
+    data: Annotated[Path | None, typer.Option(help="train on this Taobao CSV (default: the shared data set)")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="keep brokers' and workers' files here")] = None,
+    model_dir: Annotated[Path | None, typer.Option(help="reuse the model versions here (skip training)")] = None,
+) -> None:
+    """Measure the pipeline against a real broker and real workers; print a Markdown table."""
+    import dataclasses
+    import json
+
+    from app.bench import BenchConfig, run_bench, table
+    from app.settings import default_dataset
+
+    cfg = BenchConfig.smoke() if smoke else BenchConfig(data=data or default_dataset())
+    changes: dict = {"events": events, "rate": rate, "data": data, "model_dir": model_dir,
+                     "users": tuple(int(u) for u in users.split(",")) if users else None}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    result = run_bench(cfg, workdir)
+    typer.echo(table(result))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2, default=str))
+        typer.echo(f"wrote {json_path}")
 
 
 def main() -> None:

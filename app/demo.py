@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import msgspec
 import numpy as np
 from rich.table import Table
@@ -32,8 +33,9 @@ from schemas.events import Recommendation
 logger = logging.getLogger(__name__)
 
 TRAIN_FRACTION = 0.3
+DEFAULT_RATE = 1000.0  # events/s: about 70x the real data set's pace, and what one worker sustains here
 DUPLICATE_EVERY = 97     # resend every 97th event: at-least-once redelivery, must be deduped
-MALFORMED_EVERY = 4_999  # and now and then something the frontend should never send
+MALFORMED_EVERY = 997  # and now and then something the frontend should never send
 MALFORMED = (b"{not json", b'{"event_id": "x", "user_id": "u"}', b'{"event_id": 1, "user_id": "u", "ts": "soon"}',
              b"\xff\xfe binary", b"")
 _decode_rec = msgspec.json.Decoder(Recommendation).decode
@@ -59,8 +61,8 @@ class Watch:
         return list(picked.values())[:n]
 
 
-def _load_events(settings: Settings, data: Path | None, max_events: int | None) -> tuple[list, list, str]:
-    path = data or (default_dataset() if default_dataset().exists() else None)
+def _load_events(data: Path | None, max_events: int | None, simulate: bool) -> tuple[list, list, str]:
+    path = None if simulate else data or (default_dataset() if default_dataset().exists() else None)
     if path is None:
         n = int((max_events or 40_000) / (1 - TRAIN_FRACTION))
         history, source = list(source_events(None, True, n)), "built-in simulator"
@@ -83,20 +85,19 @@ async def _replay_and_watch(settings: Settings, live: list, worker: WorkerProces
     follower = asyncio.create_task(follow())
     kafka = producer(settings)
     await kafka.start()
-    sent = 0
+    sent = replayed = 0
     started = time.perf_counter()
 
     async def send(topic: str, key: bytes, value: bytes) -> None:
-        nonlocal sent
+        nonlocal sent, replayed
         value = rebased(value)
-        await kafka.send(topic, value, key=key)
-        sent += 1
-        if sent % DUPLICATE_EVERY == 0:
-            await kafka.send(topic, value, key=key)
-            sent += 1
-        if sent % MALFORMED_EVERY == 0:
-            await kafka.send(topic, MALFORMED[(sent // MALFORMED_EVERY) % len(MALFORMED)], key=key)
-            sent += 1
+        replayed += 1
+        extra = [value] if replayed % DUPLICATE_EVERY == 0 else []
+        if replayed % MALFORMED_EVERY == 0:
+            extra.append(MALFORMED[(replayed // MALFORMED_EVERY) % len(MALFORMED)])
+        for payload in (value, *extra):
+            await kafka.send(topic, payload, key=key)
+        sent += 1 + len(extra)
 
     async def show_live() -> None:
         while True:
@@ -130,7 +131,11 @@ def _wait_drained(worker: WorkerProcess, sent: int, timeout_s: float = 300.0) ->
     settled = 0
     last_published = -1
     while time.monotonic() < deadline:
-        stats = worker.stats()
+        try:
+            stats = worker.stats()
+        except httpx.HTTPError:  # the worker is busy; its counters will still be there
+            time.sleep(1.0)
+            continue
         done = (stats.get("ingest.consumed", 0) >= sent and
                 stats.get("profile.accepted", 0) + stats.get("profile.duplicates", 0)
                 >= stats.get("ingest.forwarded", 0))
@@ -167,11 +172,11 @@ def _summary(stats: dict, watch: Watch, elapsed: float, sent: int, source: str) 
 
 
 def run_demo(settings: Settings, *, data: Path | None = None, max_events: int | None = None,
-             duration_s: float | None = None, rate: float | None = None) -> int:
+             duration_s: float | None = None, rate: float | None = DEFAULT_RATE, simulate: bool = False) -> int:
     run_dir = (settings.data_dir / "demo" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]StreamRec demo[/] · run folder {run_dir}")
-    train, live, source = _load_events(settings, data, max_events)
+    train, live, source = _load_events(data, max_events, simulate)
     console.print(f"data: {source} · training on {len(train):,} earlier events, replaying {len(live):,}")
     model_path = train_model(train, run_dir / "models", dim=settings.vector_dim)
     console.print(f"trained model version {model_path.name}")
@@ -186,8 +191,10 @@ def run_demo(settings: Settings, *, data: Path | None = None, max_events: int | 
             ready = worker.wait_ready()
             console.print(f"worker ready in {time.perf_counter() - started:.1f} s "
                           f"(model {ready['model_version']}) · http {worker.url}")
+            console.print(f"dashboard: {worker.url}/dashboard · lag: streamrec lag --watch --bootstrap "
+                          f"{broker.bootstrap}")
             stats, watch, elapsed, sent = asyncio.run(
-                _replay_and_watch(demo_settings, live, worker, rate, duration_s))
+                _replay_and_watch(demo_settings, live, worker, rate or None, duration_s))
             for record in watch.showcase(3):
                 console.print(recommendation_table(record, limit=8))
             console.print(_summary(stats, watch, elapsed, sent, source))

@@ -17,6 +17,7 @@ from faust.streams import _current_event
 from faust.types import EventT
 
 from app import topics
+from app.fastpath import app_class
 from app.kafka import ssl_context
 from app.settings import Settings
 
@@ -32,6 +33,7 @@ class StreamRec:
     profiles: faust.Table
     recstate: faust.Table
     stats: faust.Table
+    feedback: faust.Table  # per-user attribution state of the feedback agent (models/feedback.py)
     services: Any = None  # app.services.Services, attached by the worker at startup
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -52,7 +54,7 @@ def _credentials(settings: Settings) -> Any:
 
 def build_runtime(settings: Settings) -> StreamRec:
     broker = ";".join(f"kafka://{host}" for host in settings.kafka_bootstrap.split(","))
-    app = faust.App(
+    app = app_class(settings.faust_fastpath)(
         settings.app_id,
         broker=broker,
         broker_credentials=_credentials(settings),
@@ -62,6 +64,8 @@ def build_runtime(settings: Settings) -> StreamRec:
         topic_replication_factor=settings.replication_factor,
         topic_allow_declare=False,  # topics are created by app.kafka.ensure_topics, all alike
         producer_acks=-1,
+        # dead letters carry inputs up to max_message_bytes whole, plus headers (agents/ingest.py)
+        producer_max_request_size=settings.max_message_bytes + 1024 * 1024,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,  # our own aiohttp server (app.web) serves /healthz, /readyz, /metrics
         table_standby_replicas=0,
@@ -86,7 +90,8 @@ def build_runtime(settings: Settings) -> StreamRec:
     inputs = app.topic(*topics.INPUT_TOPICS, key_serializer="raw", value_serializer="raw",
                        partitions=settings.partitions)
     return StreamRec(settings=settings, app=app, topics=declared, inputs=inputs, profiles=table("profiles"),
-                     recstate=table("recstate"), stats=table("stats"))
+                     recstate=table("recstate"), stats=table("stats"),
+                     feedback=table("feedback"))
 
 
 @contextlib.contextmanager

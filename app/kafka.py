@@ -21,7 +21,7 @@ from app.settings import Settings
 logger = logging.getLogger(__name__)
 
 # Faust names a table's changelog "<app_id>-<table>-changelog".
-TABLES = ("profiles", "recstate", "stats")
+TABLES = ("profiles", "recstate", "stats", "feedback")
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:

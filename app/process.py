@@ -63,7 +63,7 @@ class WorkerProcess:
         raise TimeoutError(f"worker not ready after {timeout_s}s (last: {last}); log:\n{self.log_tail()}")
 
     def stats(self) -> dict[str, int]:
-        return self.get("/stats").json()
+        return self.get("/stats", timeout=30.0).json()
 
     def log_tail(self, n: int = 4000) -> str:
         try:

@@ -67,15 +67,24 @@ class Services:
 
     def maybe_reload(self) -> bool:
         """Load the newest model version under model_dir if it is not the one serving; True if swapped."""
+        loaded = self.load_newer()
+        if loaded is not None:
+            self.install(*loaded)
+        return loaded is not None
+
+    def load_newer(self) -> tuple[ModelVersion, MilvusRecall, Path] | None:
+        """The slow half of a reload (files, Milvus load): safe to run in a thread."""
         latest = latest_model_version(self.settings.model_dir) if self.settings.model_dir.exists() else None
         if latest is None or latest == self.model_path:
-            return False
+            return None
         model = load_model_version(latest, self.settings.encoder_device)
-        recall = recall_for(self.settings, model)
+        return model, recall_for(self.settings, model), latest
+
+    def install(self, model: ModelVersion, recall: MilvusRecall, path: Path) -> None:
+        """The swap: run on the event loop, between two refresh batches, so a batch sees one version."""
         self.recommender.model, self.recommender.recall = model, recall
-        self.model_path = latest
+        self.model_path = path
         logger.info("serving model %s (encoder on %s)", model.version, model.encoder.provider)
-        return True
 
     @property
     def ready(self) -> bool:

@@ -45,9 +45,10 @@ class Settings(BaseSettings):
     web_port: int = 6066
     ingest_batch: int = Field(2000, ge=1, description="max events per ingest/profile batch")
     batch_within_s: float = Field(0.05, gt=0, description="max wait to fill a batch")
-    refresh_batch: int = Field(512, ge=1, description="max users re-embedded per micro-batch")
+    refresh_batch: int = Field(256, ge=1, description="max users re-embedded per micro-batch")
     refresh_within_s: float = Field(0.1, gt=0)
     rebalance_timeout_s: float = Field(3.0, gt=0, description="Faust broker_rebalance_timeout")
+    faust_fastpath: bool = Field(True, description="direct per-message delivery (app/fastpath.py)")
     max_message_bytes: int = Field(1_000_000, ge=1024, description="larger input is dead-lettered")
     max_order_items: int = Field(1000, ge=1)
     max_future_skew_ms: int = Field(24 * 3600 * 1000, description="ts further ahead of wall time is rejected")

@@ -8,16 +8,20 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import faust
+import orjson
 from aiohttp import web
 
-from agents import catalog, ingest, profile, refresh
+from agents import catalog, feedback, ingest, profile, refresh
+from app import lag
+from app.api import LazyProducer, api_routes
 from app.broker import EmbeddedBroker
 from app.counters import totals
+from app.dashboard import dashboard_routes
 from app.faust_app import StreamRec, build_runtime
-from app.kafka import ensure_topics
+from app.kafka import ensure_topics, producer
 from app.services import Services
 from app.settings import Settings
+from app.shutdown import StreamRecWorker
 from app.store import open_store
 from app.web import build_web_app, start_web
 
@@ -40,20 +44,36 @@ def readiness(sr: StreamRec) -> dict:
 def build_worker_runtime(settings: Settings) -> StreamRec:
     sr = build_runtime(settings)
     sr.services = Services.load(settings)
-    for module in (ingest, profile, refresh, catalog):
+    for module in (ingest, profile, refresh, catalog, feedback):
         module.register(sr)
+    lag.register(sr)  # lag sampler: reco.lag, Prometheus, dashboard
+    lag.register_stats_collector(lambda: totals(sr.stats.items()))
 
     @sr.app.timer(MODEL_POLL_S)
     async def watch_models() -> None:
-        await asyncio.to_thread(sr.services.maybe_reload)
+        loaded = await asyncio.to_thread(sr.services.load_newer)
+        if loaded is not None:
+            sr.services.install(*loaded)
 
     async def stats(_: web.Request) -> web.Response:
         return web.json_response(totals(sr.stats.items()))
 
+    async def user_state(request: web.Request) -> web.Response:
+        """This worker's table rows for a user (operators and tests; 404 when it holds none)."""
+        key = request.match_info["user_id"].encode()
+        profile_row, rec_row = sr.profiles.get(key), sr.recstate.get(key)
+        if profile_row is None and rec_row is None:
+            return web.json_response({"error": "no state for this user on this worker"}, status=404)
+        return web.json_response({"profile": orjson.loads(profile_row) if profile_row else None,
+                                  "recstate": orjson.loads(rec_row) if rec_row else None})
+
     @sr.app.task
     async def startup() -> None:
         sr.extras["store"] = await open_store(settings)
-        routes = [web.get("/stats", stats)]
+        routes = [web.get("/stats", stats), web.get("/users/{user_id}/state", user_state),
+                  *api_routes(lambda: sr.extras.get("store"), LazyProducer(lambda: producer(settings)),
+                              sr.services.limits),
+                  *dashboard_routes(sr)]
         sr.extras["web"] = await start_web(build_web_app(lambda: readiness(sr), routes), settings.web_host,
                                            settings.web_port)
 
@@ -70,7 +90,7 @@ def run_worker(settings: Settings) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         asyncio.run(ensure_topics(settings))
         sr = build_worker_runtime(settings)
-        worker = faust.Worker(sr.app, loglevel=settings.log_level, quiet=True, override_logging=False)
+        worker = StreamRecWorker(sr.app, loglevel=settings.log_level, quiet=True, override_logging=False)
         worker.execute_from_commandline()
     finally:
         if broker is not None:

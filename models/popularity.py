@@ -10,16 +10,18 @@ Memory stays bounded: when a table outgrows its bound by a quarter it is cut bac
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Collection, Iterable
 from typing import Any
 
+from models.cooccur import CoOccurrence
 from schemas.events import Purchase, UserEvent, event_items
 
 _REBASE_HALF_LIVES = 64.0  # rescale before stored values exceed 2**64
 _SLACK = 1.25  # prune when a table exceeds its bound by this factor (amortised O(1) per update)
-_CACHE_K = 256  # top lists cached between updates (a batch of recommendations reads them many times)
+_CACHE_K = 256  # top lists cached and kept exact incrementally (every refresh reads them)
 
 DEFAULT_EVENT_WEIGHTS = {"purchase": 3.0, "cart": 2.0, "wishlist": 2.0, "click": 1.0, "browse": 1.0}
 
@@ -28,15 +30,18 @@ def _ranked(scores: dict[str, float], k: int) -> list[str]:
     return [key for key, _ in heapq.nsmallest(k, scores.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
-def _prune(scores: dict[str, float], bound: int) -> None:
+def _prune(scores: dict[str, float], bound: int) -> bool:
     if len(scores) > bound * _SLACK:
         keep = set(_ranked(scores, bound))
         for key in [k for k in scores if k not in keep]:
             del scores[key]
+        return True
+    return False
 
 
 class Trending:
-    """Decaying popularity per item, per (category, item) and per category, plus item -> category."""
+    """Decaying popularity per item, per (category, item) and per category, plus item -> category,
+    and (``related``) the session co-occurrence of items, fed by ``observe_event``."""
 
     def __init__(
         self,
@@ -45,8 +50,12 @@ class Trending:
         max_per_category: int = 200,
         max_categories: int = 5_000,
         max_known_categories: int = 200_000,
+        related: CoOccurrence | None = None,
     ) -> None:
         self.half_life_ms = half_life_s * 1000.0
+        # Session co-occurrence rides along: it learns from exactly the events trending counts, so
+        # every caller that keeps trending up to date (the profile agent, the evaluator) feeds it too.
+        self.related = related if related is not None else CoOccurrence()
         self.max_items = max_items
         self.max_per_category = max_per_category
         self.max_categories = max_categories
@@ -77,18 +86,38 @@ class Trending:
         else:
             category = self._category.get(item_id)
         self._items[item_id] = self._items.get(item_id, 0.0) + value
-        _prune(self._items, self.max_items)
+        self._bump(None, self._items, item_id, _prune(self._items, self.max_items))
         if category is not None:
             per_cat = self._by_cat.setdefault(category, {})
             per_cat[item_id] = per_cat.get(item_id, 0.0) + value
-            _prune(per_cat, self.max_per_category)
+            self._bump("cat:" + category, per_cat, item_id, _prune(per_cat, self.max_per_category))
             self._cat_total[category] = self._cat_total.get(category, 0.0) + value
             if len(self._cat_total) > self.max_categories * _SLACK:
                 keep = set(_ranked(self._cat_total, self.max_categories))
                 for cat in [c for c in self._cat_total if c not in keep]:
                     del self._cat_total[cat]
                     self._by_cat.pop(cat, None)
-        self._cache.clear()
+                    self._cache.pop("cat:" + cat, None)
+
+    def _bump(self, cache_key: str | None, table: dict[str, float], item_id: str, pruned: bool) -> None:
+        """Keep a cached top list exact after ``item_id``'s count grew (no full re-rank per event).
+
+        Stored values only grow (forward decay), so only the bumped item can move, and only up; a
+        prune or a rebase keeps every other order, but a prune may drop cached keys: recompute then.
+        """
+        cached = self._cache.get(cache_key)
+        if cached is None:
+            return
+        if pruned or item_id not in table:
+            del self._cache[cache_key]
+            return
+        rank = (-table[item_id], item_id)
+        if item_id in cached:
+            cached.remove(item_id)
+        elif len(cached) >= _CACHE_K and rank > (-table[cached[-1]], cached[-1]):
+            return
+        cached.insert(bisect.bisect_left(cached, rank, key=lambda key: (-table[key], key)), item_id)
+        del cached[_CACHE_K:]
 
     def observe_event(self, event: UserEvent, weights: dict[str, float] | None = None) -> None:
         """Count every item an event touches, weighted by its kind (purchases count most)."""
@@ -101,6 +130,7 @@ class Trending:
             kind = "browse"
         for item_id, category in event_items(event):
             self.observe(item_id, category, event.ts, weights.get(kind, 1.0))
+        self.related.observe_event(event)
 
     def _rebase(self, new_ref: int) -> None:
         assert self._ref is not None

@@ -19,6 +19,8 @@ import msgspec
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
+from models.milvus_raw import raw_search_available, search_raw
+
 log = logging.getLogger(__name__)
 
 MAX_ID_LEN = 512
@@ -107,6 +109,7 @@ class MilvusRecall:
         self.index_type = index_type or ("FLAT" if self.lite else "HNSW")
         self._client = MilvusClient(uri=uri, token=token)
         self._nprobe = 16
+        self._raw = raw_search_available(self._client)
         if self._client.has_collection(collection):  # a restarted worker searches what is already there
             self._client.load_collection(collection)
 
@@ -241,6 +244,10 @@ class MilvusRecall:
         for s in range(0, len(q), self.search_batch):
             chunk = q[s : s + self.search_batch]
             try:
+                if self._raw:  # same request, hits read in bulk (models/milvus_raw.py)
+                    out.extend([Hit(i, s, c) for i, s, c in zip(*hits, strict=True)] for hits in search_raw(
+                        self._client, self.collection, list(chunk), k, expr, params, "category", self.timeout_s))
+                    continue
                 res = self._client.search(
                     self.collection, data=list(chunk), filter=expr, limit=k,
                     output_fields=["category"], search_params=params, timeout=self.timeout_s,

@@ -8,12 +8,15 @@ Candidate sources (each candidate keeps the item that brought it, for the reason
 - ann: Milvus nearest neighbours of the user vector (encoder output, or the weighted mean of the
   user's recent item vectors when the encoder is switched off),
 - history: the user's own recent items (re-surfacing viewed items is often right in e-commerce),
+- cooccur: items that co-occur in sessions with the user's most recent items (``Trending.related``,
+  learnt online from the stream),
 - category: trending items in the user's top categories,
 - trending: trending items overall (cold start and backfill).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from models.recall import MilvusRecall, RecallTimeout
 from models.rerank import Candidate, Ranked, RerankContext, RerankParams, rerank
 
 logger = logging.getLogger(__name__)
+FALLBACK_NOTE = "popularity fallback: similar-item recall timed out"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,8 @@ class RecommenderOptions:
     list_size: int = 20
     recall_k: int = 200
     history_candidates: int = 50
+    cooccur_candidates: int = 100
+    cooccur_anchors: int = 5  # most recent history items whose co-occurring items are recalled
     category_candidates: int = 30
     trending_candidates: int = 60
     top_categories: int = 3
@@ -77,7 +83,7 @@ class Recommender:
         for request, ann_hits in zip(requests, ann, strict=True):
             profile = request.profile
             scene = profile.scene if self.options.use_scene else "browsing"
-            candidates = ann_hits + self._history(profile) + self._popular(profile)
+            candidates = ann_hits + self._history(profile) + self._cooccur(profile) + self._popular(profile)
             ctx = RerankContext(
                 scene=scene,
                 category_weights=profile.category_weights(),
@@ -89,6 +95,8 @@ class Recommender:
                 now_ms=now_ms,
             )
             ranked = rerank(candidates, ctx, self.options.list_size, self.rerank_params)
+            if fallback:  # say so where consumers look: every item's reason
+                ranked = [dataclasses.replace(r, reason=f"{r.reason} ({FALLBACK_NOTE})") for r in ranked]
             out.append(Refreshed(profile.user_id, scene, ranked, fallback))
         return out
 
@@ -127,9 +135,39 @@ class Recommender:
         return (pooled / np.maximum(norms, 1e-9)).astype(np.float32)
 
     def _history(self, profile: UserProfile) -> list[Candidate]:
+        """The user's items scored ``1 / sqrt(1 + rank)`` by decayed weight, then recency.
+
+        A rank, not the weight itself: with a short half-life, yesterday's items have weights
+        ~1e-20 of today's, yet their order (recency x frequency, S-POP-like) still predicts well.
+        """
         recent = profile.history(self.options.history_candidates)
-        return [Candidate(item, weight, "history", category, self._vector(item, category), item)
-                for item, category, weight in recent]
+        ranked = sorted(recent, key=lambda h: (-h[2], h[0]))
+        order = {item: rank for rank, (item, _, _) in enumerate(ranked)}
+        return [Candidate(item, 1.0 / (1.0 + order[item]) ** 0.5, "history", category,
+                          self._vector(item, category), item)
+                for item, category, _ in recent]
+
+    def _cooccur(self, profile: UserProfile) -> list[Candidate]:
+        """Items related to the newest history items, newest weighted most (1, 1/2, 1/3, ...)."""
+        related = getattr(self.trending, "related", None)
+        n = self.options.cooccur_candidates
+        if related is None or n <= 0:
+            return []
+        scores: dict[str, float] = {}
+        anchors: dict[str, tuple[float, str]] = {}
+        recent = profile.history(self.options.cooccur_anchors)
+        for age, (anchor, _, _) in enumerate(reversed(recent)):
+            for item, score in related.neighbours(anchor, n):
+                part = score / (age + 1)
+                scores[item] = scores.get(item, 0.0) + part
+                if part > anchors.get(item, (0.0, ""))[0]:
+                    anchors[item] = (part, anchor)
+        best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+        out = []
+        for item, score in best:
+            category = self.trending.category_of(item)
+            out.append(Candidate(item, score, "cooccur", category, self._vector(item, category), anchors[item][1]))
+        return out
 
     def _popular(self, profile: UserProfile) -> list[Candidate]:
         out = []

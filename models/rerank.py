@@ -28,9 +28,9 @@ from typing import Literal
 
 import numpy as np
 
-Source = Literal["ann", "history", "trending", "category"]
-PERSONAL_SOURCES = frozenset({"ann", "history"})
-_SOURCE_PRIORITY = {"history": 0, "ann": 1, "category": 2, "trending": 3}
+Source = Literal["ann", "history", "cooccur", "trending", "category"]
+PERSONAL_SOURCES = frozenset({"ann", "history", "cooccur"})
+_SOURCE_PRIORITY = {"history": 0, "cooccur": 1, "ann": 2, "category": 3, "trending": 4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +70,12 @@ class SceneWeights:
     focus_boost: float  # added when the category is one of the user's top ``focus_categories``
     mmr_lambda: float  # 1 = pure relevance, lower = more diverse
     substitute_factor: float  # multiplier for same-category-as-latest-order items; 0 = excluded
+    # Evidence from every source that brought the item (not only the one the merge kept), each
+    # scaled to [0, 1] within its source: an item the user viewed AND that co-occurs with their
+    # recent items is likelier than one with a single signal.
+    history: float = 0.0  # the user's own items (recency x frequency, ``history`` candidates)
+    cooccur: float = 0.0  # session co-occurrence with the user's recent items (``cooccur`` candidates)
+    ann: float = 0.0  # encoder/vector similarity (``ann`` candidates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,32 +83,22 @@ class RerankParams:
     """Per-scene weights. Browsing explores (popularity, diversity), shopping focuses on the current
     categories and on items already viewed, post_purchase looks for complements of the order."""
 
+    # Warm scenes: learnt on a validation split of the TRAINING period of the user-history Taobao
+    # file (last quarter of it; never the evaluated days) by comparing a few blends (docs/EVALUATION.md):
+    # the user's own items and session co-occurrence carry the ranking; diversity (mmr_lambda < 1)
+    # cost hit rate there, so it is off until a diversity target says otherwise. Post-purchase still
+    # drops the order's substitutes.
     browsing: SceneWeights = SceneWeights(
-        recall=1.0,
-        popularity=0.5,
-        category=0.3,
-        item=0.2,
-        focus_boost=0.0,
-        mmr_lambda=0.5,
-        substitute_factor=1.0,
+        recall=0.2, popularity=0.05, category=0.1, item=0.5, focus_boost=0.0, mmr_lambda=1.0,
+        substitute_factor=1.0, history=3.0, cooccur=1.5, ann=0.2,
     )
     shopping: SceneWeights = SceneWeights(
-        recall=1.0,
-        popularity=0.2,
-        category=0.8,
-        item=0.6,
-        focus_boost=0.6,
-        mmr_lambda=0.85,
-        substitute_factor=1.0,
+        recall=0.2, popularity=0.05, category=0.1, item=0.5, focus_boost=0.0, mmr_lambda=1.0,
+        substitute_factor=1.0, history=3.0, cooccur=1.5, ann=0.2,
     )
     post_purchase: SceneWeights = SceneWeights(
-        recall=1.0,
-        popularity=0.3,
-        category=0.3,
-        item=0.0,
-        focus_boost=0.0,
-        mmr_lambda=0.7,
-        substitute_factor=0.0,
+        recall=0.2, popularity=0.05, category=0.1, item=0.5, focus_boost=0.0, mmr_lambda=1.0,
+        substitute_factor=0.0, history=3.0, cooccur=1.5, ann=0.2,
     )
     cold: SceneWeights = SceneWeights(
         recall=0.5,
@@ -172,6 +168,16 @@ def _scaled_by_source(cands: Sequence[Candidate]) -> np.ndarray:
             out[idx] = raw / hi if hi > 0 else 1.0  # keep ratios (similarities, counts)
         else:
             out[idx] = (raw - lo) / (hi - lo) if hi > lo else 1.0
+    return out
+
+
+def _evidence(candidates: Sequence[Candidate]) -> dict[str, dict[str, float]]:
+    """Per source, each item's score scaled to [0, 1] within that source (before the merge)."""
+    scaled = _scaled_by_source(candidates)
+    out: dict[str, dict[str, float]] = {}
+    for cand, value in zip(candidates, scaled, strict=True):
+        per = out.setdefault(cand.source, {})
+        per[cand.item_id] = max(per.get(cand.item_id, 0.0), float(value))
     return out
 
 
@@ -248,6 +254,8 @@ def _reason(cand: Candidate, ctx: RerankContext, in_focus: bool, cold: bool) -> 
         return f"goes with your purchase of {cand.anchor}"
     if ctx.item_weights.get(cand.item_id, 0.0) > 0 or cand.source == "history":
         return "you viewed this item"
+    if cand.source == "cooccur" and cand.anchor is not None:
+        return f"often viewed together with item {cand.anchor} you viewed"
     if cand.source == "ann" and cand.anchor is not None:
         return f"similar to item {cand.anchor} you viewed"
     if cand.category is not None and in_focus and not cold:
@@ -266,6 +274,7 @@ def rerank(
     params: RerankParams = RerankParams(),
 ) -> list[Ranked]:
     """The final list of at most ``k`` items for ``ctx.scene``, best first, each with a reason."""
+    evidence = _evidence(candidates)
     cands = [c for c in _merge(candidates) if c.item_id not in ctx.purchased]
     cold = (
         not ctx.category_weights
@@ -296,6 +305,10 @@ def rerank(
         + weights.item * _norm_lookup(ctx.item_weights, items)
         + weights.focus_boost * in_focus * np.maximum(cat_interest, 0.5)
     )
+    for source, weight in (("history", weights.history), ("cooccur", weights.cooccur), ("ann", weights.ann)):
+        if weight:
+            scaled = evidence.get(source, {})
+            rel = rel + weight * np.array([scaled.get(item, 0.0) for item in items])
     if weights.substitute_factor < 1:
         rel *= np.array(
             [
@@ -307,7 +320,10 @@ def rerank(
     top = float(rel.max())
     rel = rel / top if top > 0 else rel
 
-    order = mmr(rel, _Similarity(cands), k, weights.mmr_lambda)
+    if weights.mmr_lambda >= 1.0:  # pure relevance: what mmr() would pick, without the similarity rows
+        order = [int(i) for i in np.argsort(-rel, kind="stable")[:k]]
+    else:
+        order = mmr(rel, _Similarity(cands), k, weights.mmr_lambda)
     return [
         Ranked(items[i], round(float(rel[i]), 6), _reason(cands[i], ctx, bool(in_focus[i]), cold))
         for i in order

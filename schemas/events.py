@@ -66,6 +66,13 @@ class CatalogItem(msgspec.Struct, frozen=True, kw_only=True, tag="catalog", tag_
     ts: int | None = None
 
 
+class Forget(msgspec.Struct, frozen=True, kw_only=True, tag="forget", tag_field="type"):
+    """A privacy request on the internal events topic: erase everything StreamRec holds on a user."""
+
+    user_id: str
+    ts: int
+
+
 UserEvent = Click | Browse | Purchase
 """The events that carry a user and change a profile."""
 

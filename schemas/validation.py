@@ -143,11 +143,21 @@ def _decode(
         return Rejection(Reason.NOT_UTF8, "value is not valid UTF-8")
     except Exception as exc:  # noqa: BLE001 - defensive: bad input must never crash ingest
         return Rejection(Reason.INVALID_JSON, _short(f"{type(exc).__name__}: {exc}"))
+    if not raw.isascii() and not _is_utf8(raw):  # msgspec skips unknown keys without checking their bytes
+        return Rejection(Reason.NOT_UTF8, "value is not valid UTF-8")
     try:
         _check(event, limits, now_ms)
     except _Invalid as exc:
         return Rejection(exc.reason, _short(exc.detail))
     return event
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _from_decode_error(raw: bytes, message: str) -> Rejection:

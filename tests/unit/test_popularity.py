@@ -93,3 +93,21 @@ def test_checkpoint_round_trip() -> None:
 def test_log_popularity() -> None:
     assert log_popularity([0.0, 1.0, 3.0]) == pytest.approx([0.0, 0.5, 1.0])
     assert log_popularity([0.0]) == [0.0]
+
+
+def test_cached_top_lists_stay_exact_under_updates_and_prunes() -> None:
+    import random
+
+    from models.popularity import _ranked
+
+    t = Trending(half_life_s=60, max_items=300, max_per_category=50)
+    rng = random.Random(1)
+    ts = 0
+    for i in range(6000):
+        ts += rng.randint(0, 2000)
+        t.observe(f"i{int(rng.paretovariate(1.2)) % 2000}", f"c{rng.randint(0, 3)}", ts)
+        if i % 50 == 0:
+            assert [k for k, _ in t.top(256)] == _ranked(t._items, 256)
+            for c in range(4):
+                table = t._by_cat.get(f"c{c}", {})
+                assert [k for k, _ in t.top_in_category(f"c{c}", 256)] == _ranked(table, 256)

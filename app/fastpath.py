@@ -1,0 +1,144 @@
+"""A cheaper per-message path from Faust's fetcher to the agents (issue 6).
+
+Faust's `Consumer._drain_messages` hands every fetched message to the conductor through
+`Service.wait_first(callback(message), suspend_flow.wait())`: four `asyncio.ensure_future` tasks and
+one `asyncio.wait` per message, so that a callback blocked on a full stream queue can be abandoned
+when a rebalance suspends the flow. Profiling a bare agent (py-spy, DESIGN.md §5) shows this is most
+of Faust's ~200 us per message on this machine.
+
+`FastConsumer` keeps the same loop (read offsets, gap tracking, commit_every) but awaits the callback
+directly while the flow is running, and falls back to Faust's `wait_first` only when the flow is
+suspended. Nothing else changes: the same conductor, channels, streams, acks, tables and commits, so
+agents keep `stream.take_events()` and Faust tables as the programming model. A rebalance still
+interrupts a blocked callback: Faust stops the flow and then stops the fetcher, which cancels this
+task (and the awaited callback with it) before partitions are revoked.
+
+`StreamRecApp` is `faust.App` with this consumer; `build_runtime` uses it unless
+`STREAMREC_FAUST_FASTPATH=false`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import faust
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TransportT
+from mode import Service, ServiceT
+
+from app.highwater import ExactHighwaterConsumer
+
+logger = logging.getLogger(__name__)
+
+YIELD_EVERY = 1000  # messages between explicit yields to the event loop (Faust: 100)
+DRAIN_POLL_S = 0.002  # how often a full stream queue is checked for room
+
+
+class FastConsumer(ExactHighwaterConsumer):
+    """Faust's aiokafka consumer with a direct await per message instead of four tasks (and exact
+    high watermarks for table recovery, app/highwater.py)."""
+
+    async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover - run by the worker
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = cast(Service, self)._stopped.is_set
+        fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+        suspended = self.suspend_flow.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        tp_index = self.app.topics._tp_index  # Conductor: partition -> the channels that read it
+
+        def queues_of(tp: Any) -> list[Any]:
+            return [channel.queue for channel in tp_index.get(tp, ())]
+
+        since_yield = 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(CONSUMER_FETCHING)
+                ait = cast(AsyncIterator, getmany(timeout=1.0))
+                await asyncio.sleep(0)
+                if self.should_stop:
+                    break
+                async for tp, message in ait:
+                    since_yield += 1
+                    if since_yield >= YIELD_EVERY:
+                        await asyncio.sleep(0)
+                        since_yield = 0
+                    offset = message.offset
+                    r_offset = get_read_offset(tp)
+                    if r_offset is not None and offset < r_offset:
+                        continue  # already delivered (Faust logs these at dev level and drops them)
+                    if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, r_offset + 1, offset)
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    queues = queues_of(tp)
+                    if queues and any(q.full() for q in queues):
+                        await drained(queues)
+                    if suspended():
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                    else:
+                        await callback(message)
+                    set_read_offset(tp, offset)
+                unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                logger.info("broker stopped consumer, shutting down")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        finally:
+            unset_flag(CONSUMER_FETCHING)
+
+
+async def drained(queues: list[Any], poll_s: float = DRAIN_POLL_S) -> None:
+    """Wait until every stream queue is at most half full.
+
+    Faust's conductor puts a message that finds its stream queue full through its own
+    `ensure_future(put)` + `asyncio.wait`, so in steady state (fetcher faster than the agent) every
+    message paid for a task and the two sides alternated one message at a time. Waiting here for
+    half the queue to drain first makes the fetcher deliver in bursts and keeps that path cold.
+    """
+    while any(q.qsize() > q.maxsize // 2 for q in queues):
+        await asyncio.sleep(poll_s)
+
+
+class FastTransport(faust_aiokafka.Transport):
+    Consumer = FastConsumer
+
+
+class StreamRecApp(faust.App):
+    """faust.App whose consumer transport is `FastTransport` (same URLs, same settings)."""
+
+    def _new_transport(self) -> TransportT:
+        return FastTransport(self.conf.broker_consumer, self)
+
+
+class ExactHighwaterTransport(faust_aiokafka.Transport):
+    Consumer = ExactHighwaterConsumer
+
+
+class ExactHighwaterApp(faust.App):
+    """faust.App with only the recovery fix of app/highwater.py (fast path off): correct on Tansu too."""
+
+    def _new_transport(self) -> TransportT:
+        return ExactHighwaterTransport(self.conf.broker_consumer, self)
+
+
+def app_class(enabled: bool) -> type[faust.App]:
+    return StreamRecApp if enabled else ExactHighwaterApp
+
+
+def describe(app: Any) -> str:
+    return "fastpath" if isinstance(app, StreamRecApp) else "faust"

@@ -1,0 +1,36 @@
+"""A Faust app on app/fastpath.py that logs every event it gets: run as a child by test_fastpath.py.
+
+Usage: python -m tests.integration.fastpath_app BOOTSTRAP GROUP TOPIC OUTFILE
+Each event becomes one line "partition offset value" in OUTFILE, written after its batch.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import faust
+
+from app.fastpath import StreamRecApp
+
+
+def main(bootstrap: str, group: str, topic_name: str, out: Path) -> None:
+    (out.parent / f"{group}-data").mkdir(parents=True, exist_ok=True)
+    app = StreamRecApp(group, broker=f"kafka://{bootstrap}", datadir=str(out.parent / f"{group}-data"),
+                       web_enabled=False, topic_allow_declare=False, consumer_auto_offset_reset="earliest",
+                       broker_rebalance_timeout=3.0, broker_heartbeat_interval=1.0, broker_session_timeout=10.0,
+                       broker_commit_interval=0.5, stream_buffer_maxsize=256)  # small: the full-queue path runs
+    topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(topic)
+    async def record(stream: faust.StreamT) -> None:
+        with out.open("a") as log:
+            async for batch in stream.take_events(100, 0.05):
+                log.writelines(f"{e.message.partition} {e.message.offset} {e.value.decode()}\n" for e in batch)
+                log.flush()
+
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]))

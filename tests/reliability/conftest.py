@@ -1,0 +1,242 @@
+"""Fault-injection harness: a private broker per test, real worker processes, and the ledger checks.
+
+Each test gets its own Tansu broker (the faults freeze or starve it) and its own worker data dir.
+`STREAMREC_RELIABILITY_SCALE=full` runs the sizes of issue 5; the default is a reduced configuration
+sized for CI. Measured figures are appended to $STREAMREC_RELIABILITY_REPORT (JSON lines) when set,
+which is how docs/RELIABILITY.md was filled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from app import topics
+from app.broker import EmbeddedBroker
+from app.kafka import ensure_topics
+from app.process import WorkerProcess
+from app.settings import Settings
+from app.simulator import simulate
+from app.training import train_model
+from schemas.events import CatalogItem, UserEvent
+from schemas.validation import encode_event
+
+FULL = os.environ.get("STREAMREC_RELIABILITY_SCALE", "").lower() == "full"
+APP_ID = "streamrec"
+CONSUMED_TOPICS = (*topics.INPUT_TOPICS, topics.EVENTS, topics.REFRESH)
+_decode_event = msgspec.json.Decoder(UserEvent).decode
+
+
+def scale(reduced: int, full: int) -> int:
+    return full if FULL else reduced
+
+
+def report(fault: str, **figures: object) -> None:
+    """Print a measured row (pytest -s shows it) and append it to the report file if one is named."""
+    row = {"fault": fault, "scale": "full" if FULL else "reduced", **figures}
+    print("RELIABILITY", json.dumps(row))
+    path = os.environ.get("STREAMREC_RELIABILITY_REPORT")
+    if path:
+        with open(path, "a") as out:
+            out.write(json.dumps(row) + "\n")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def shop_events(n_events: int, n_users: int, seed: int) -> list[UserEvent]:
+    """Simulated user events (no catalog), timestamps in the last day so every one is valid."""
+    start = now_ms() - 86_400_000
+    return [e for e in simulate(n_users=n_users, n_items=500, n_categories=12, n_events=n_events, seed=seed,
+                                start_ts_ms=start) if not isinstance(e, CatalogItem)][:n_events]
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float = 60.0, interval_s: float = 0.3) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise TimeoutError(f"condition not met within {timeout_s}s")
+
+
+@dataclass
+class Cluster:
+    """One broker, one worker data dir, and the helpers every fault test needs."""
+
+    broker: EmbeddedBroker
+    data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+    def worker(self, *, fresh_state: bool = False) -> WorkerProcess:
+        """Start a worker on the shared data dir; fresh_state drops RocksDB so tables recover from changelogs."""
+        if fresh_state:
+            import shutil
+
+            shutil.rmtree(self.data_dir / "faust", ignore_errors=True)
+        process = WorkerProcess(self.bootstrap, self.data_dir, env=self.env)
+        self.workers.append(process)
+        return process.start()
+
+    # --- producing ---------------------------------------------------------------------------------
+    def send_raw(self, items: Iterable[tuple[str, bytes | None, bytes]], rate: float | None = None,
+                 chunk: int = 500) -> int:
+        """Produce (topic, key, value) with acks=all; optionally paced at `rate` messages/s. Returns count."""
+        async def go() -> int:
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
+                                        max_request_size=8 * 1024 * 1024, request_timeout_ms=120_000)
+            await producer.start()
+            n, pending, t0 = 0, [], time.monotonic()
+            try:
+                for topic, key, value in items:
+                    pending.append(await producer.send(topic, value, key=key))
+                    n += 1
+                    if len(pending) >= chunk:
+                        await asyncio.gather(*pending)
+                        pending = []
+                        if rate:
+                            ahead = n / rate - (time.monotonic() - t0)
+                            if ahead > 0:
+                                await asyncio.sleep(ahead)
+                await asyncio.gather(*pending)
+            finally:
+                await producer.stop()
+            return n
+
+        return asyncio.run(go())
+
+    def send_events(self, events: Iterable[UserEvent], rate: float | None = None, chunk: int = 500) -> int:
+        return self.send_raw(((topics.TOPIC_BY_TYPE[type(e).__name__.lower()], e.user_id.encode(),
+                               encode_event(e)) for e in events), rate, chunk)
+
+    # --- reading -----------------------------------------------------------------------------------
+    def read_topic(self, topic: str) -> list:
+        """Every message of `topic`, partition by partition in offset order (up to the high watermark)."""
+        async def go() -> list:
+            reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
+                                      max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+            await reader.start()
+            try:
+                parts = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+                if not parts:
+                    await reader.force_metadata_update()
+                    parts = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+                reader.assign(parts)
+                await reader.seek_to_beginning(*parts)
+                out: dict[TopicPartition, list] = {tp: [] for tp in parts}
+                ends = await self._highwaters(reader, parts)
+                while any(reader_pos < ends[tp] for tp, reader_pos in
+                          [(tp, await reader.position(tp)) for tp in parts]):
+                    for tp, messages in (await reader.getmany(timeout_ms=1000)).items():
+                        out[tp].extend(messages)
+                return [m for tp in parts for m in out[tp]]
+            finally:
+                await reader.stop()
+
+        return asyncio.run(go())
+
+    @staticmethod
+    async def _highwaters(reader: AIOKafkaConsumer, parts: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """High watermarks as the fetcher reports them (ListOffsets is wrong on Tansu, DESIGN.md §5)."""
+        ends: dict[TopicPartition, int] = {}
+        deadline = time.monotonic() + 30
+        while len(ends) < len(parts) and time.monotonic() < deadline:
+            await reader.getmany(*[tp for tp in parts if tp not in ends], timeout_ms=500, max_records=1)
+            for tp in parts:
+                hw = reader.highwater(tp)
+                if hw is not None and tp not in ends:
+                    ends[tp] = hw
+        for tp in parts:
+            await reader.seek_to_beginning(tp)
+        return ends
+
+    def lag(self) -> dict[str, int]:
+        """highwater - committed of the worker's consumer group, summed per topic it consumes."""
+        async def go() -> dict[str, int]:
+            reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=APP_ID)
+            probe = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
+            await reader.start()
+            await probe.start()
+            try:
+                parts = [TopicPartition(t, p) for t in CONSUMED_TOPICS
+                         for p in sorted(probe.partitions_for_topic(t) or range(Settings().partitions))]
+                probe.assign(parts)
+                ends = await self._highwaters(probe, parts)
+                out: dict[str, int] = {}
+                for tp in parts:
+                    committed = await reader.committed(tp) or 0
+                    out[tp.topic] = out.get(tp.topic, 0) + max(0, ends.get(tp, 0) - committed)
+                return out
+            finally:
+                await probe.stop()
+                await reader.stop()
+
+        return asyncio.run(go())
+
+    def wait_drained(self, worker: WorkerProcess, timeout_s: float = 300.0) -> float:
+        """Wait until the group's lag is 0 on every topic it reads, twice in a row; returns seconds waited."""
+        t0 = time.monotonic()
+        zero_before = False
+        while time.monotonic() - t0 < timeout_s:
+            if worker.proc is not None and worker.proc.poll() is not None:
+                raise RuntimeError(f"worker died while draining:\n{worker.log_tail()}")
+            lag = self.lag()
+            if not any(lag.values()):
+                if zero_before:
+                    return time.monotonic() - t0
+                zero_before = True
+            else:
+                zero_before = False
+            time.sleep(1.0)
+        raise TimeoutError(f"lag not 0 after {timeout_s}s: {self.lag()}\n{worker.log_tail()}")
+
+    def stored_profiles(self) -> dict[str, dict]:
+        """The latest profile snapshot per user from the worker's SQLite store (payload = the full profile)."""
+        path = self.data_dir / "streamrec.db"
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+            return {user: orjson.loads(payload) for user, payload in db.execute("SELECT user_id, payload FROM profiles")}
+
+    def delivered_events(self) -> list[UserEvent]:
+        """streamrec.events as the profile agent reads it: per partition, in offset order."""
+        return [_decode_event(m.value) for m in self.read_topic(topics.EVENTS)]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small trained model, so workers run the real encoder + milvus-lite recall path."""
+    root = tmp_path_factory.mktemp("rel-models")
+    events = shop_events(20_000, 300, seed=3)
+    train_model(events, root, dim=32)
+    return root
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, model_dir: Path) -> Iterator[Cluster]:
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        asyncio.run(ensure_topics(Settings(kafka_bootstrap=broker.bootstrap)))
+        running = Cluster(broker, tmp_path / "worker",
+                          env={"STREAMREC_MODEL_DIR": str(model_dir), "STREAMREC_VECTOR_DIM": "32"})
+        try:
+            yield running
+        finally:
+            broker.thaw()
+            for process in running.workers:
+                process.kill()

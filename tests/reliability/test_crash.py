@@ -1,0 +1,178 @@
+"""SIGKILL the worker at random moments while events flow; nothing is lost and nothing counts twice.
+
+The reference ("clean run") is the pure fold of models/profile.py over every distinct event, in the
+order the profile agent first read it from streamrec.events: one application per event. The worker's
+state must equal it exactly (counts, purchases) and within 1e-9 (interests, item weights). Scene and
+intent are not compared: they come from the shared online scene model, whose state depends on how
+all users' events interleave in one process, which a crash legitimately changes (docs/RELIABILITY.md).
+Order-free fields (counts per type, accepted, purchased set) are also checked against the events as
+generated, with no pipeline in between.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+
+import httpx
+import orjson
+import pytest
+
+from app import topics
+from app.settings import Settings
+from models.profile import ProfileParams, UserProfile, apply_event, event_kind, new_profile
+from schemas.events import Purchase, UserEvent
+from tests.reliability.conftest import Cluster, report, scale, shop_events
+
+pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+
+FLOAT_TOL = 1e-9
+
+
+def reference_profiles(delivered: list[UserEvent]) -> dict[str, UserProfile]:
+    params = ProfileParams.from_settings(Settings())
+    profiles: dict[str, UserProfile] = {}
+    seen: dict[str, set[str]] = defaultdict(set)
+    for event in delivered:
+        if event.event_id in seen[event.user_id]:
+            continue
+        seen[event.user_id].add(event.event_id)
+        profile = profiles.setdefault(event.user_id, new_profile(event.user_id))
+        apply_event(profile, event, params, None)
+    return profiles
+
+
+def mismatches(actual: dict, expected: UserProfile) -> list[str]:
+    """Field-by-field differences of one user's stored profile against the reference."""
+    out = []
+    if actual["counts"] != expected.counts:
+        out.append(f"counts {actual['counts']} != {expected.counts}")
+    if actual["accepted"] != expected.accepted:
+        out.append(f"accepted {actual['accepted']} != {expected.accepted}")
+    if set(actual["purchased"]) != set(expected.purchased):
+        out.append("purchased set differs")
+    for name in ("short_cat", "long_cat"):
+        got, want = actual[name], getattr(expected, name)
+        if set(got) != set(want) or any(abs(got[k] - want[k]) > FLOAT_TOL for k in want):
+            out.append(f"{name} differs")
+    got_items, want_items = actual["items"], expected.items
+    if set(got_items) != set(want_items) or any(abs(got_items[k][0] - want_items[k][0]) > FLOAT_TOL
+                                                for k in want_items):
+        out.append("item weights differ")
+    return out
+
+
+def kill_during_recovery(cluster: Cluster, timeout_s: float = 120.0) -> bool:
+    """Start a worker with no local table state and SIGKILL it while it restores from the changelogs.
+
+    Recovery begins by probing the changelogs' high watermarks (app/highwater.py logs it), so a kill
+    right after that line lands inside recovery. Returns True if it did (the worker was not ready)."""
+    log = cluster.data_dir / "worker.log"
+    start = log.stat().st_size if log.exists() else 0
+    worker = cluster.worker(fresh_state=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with open(log, "rb") as handle:
+            handle.seek(start)
+            if b"table recovery: high watermarks" in handle.read():
+                worker.kill()
+                try:
+                    return not worker.get("/readyz", timeout=0.5).json()["ready"]
+                except httpx.HTTPError:
+                    return True  # killed before it served HTTP: not ready
+        time.sleep(0.005)
+    worker.kill()
+    return False
+
+
+def test_sigkill_at_random_moments_loses_and_double_counts_nothing(cluster: Cluster) -> None:
+    n_events, n_kills = scale(12_000, 100_000), scale(3, 6)
+    rng = random.Random(5)
+    events = shop_events(n_events, n_users=scale(400, 3000), seed=11)
+    rate = n_events / (n_kills * 10.0)  # spread the load over the kill cycle
+
+    sender = threading.Thread(target=cluster.send_events, args=(events, rate), daemon=True)
+    sender.start()
+    kills, recovery_kills, t_start = 0, 0, time.monotonic()
+    for i in range(n_kills):
+        if i == 1:  # once: kill during a table changelog recovery (no local RocksDB -> full restore)
+            recovery_kills += kill_during_recovery(cluster)
+            kills += 1
+            continue
+        worker = cluster.worker()
+        worker.wait_ready(timeout_s=180)
+        time.sleep(rng.uniform(0.5, 6.0))
+        worker.kill()
+        kills += 1
+    sender.join(timeout=600)
+    assert not sender.is_alive()
+
+    final = cluster.worker()
+    t_restart = time.monotonic()
+    final.wait_ready(timeout_s=180)
+    ready_s = time.monotonic() - t_restart
+    drain_s = cluster.wait_drained(final, timeout_s=scale(300, 900))
+    stats = final.stats()
+
+    delivered = cluster.delivered_events()
+    reference = reference_profiles(delivered)
+    stored = cluster.stored_profiles()
+    sent_ids = {e.event_id for e in events}
+    by_user: dict[str, list[UserEvent]] = defaultdict(list)
+    for event in events:
+        by_user[event.user_id].append(event)
+
+    # Every sent event reached the profile agent, and nothing else did.
+    assert {e.event_id for e in delivered} == sent_ids
+    bad: dict[str, list[str]] = {}
+    for user, user_events in by_user.items():
+        actual = stored.get(user)
+        if actual is None:
+            bad[user] = ["no stored profile"]
+            continue
+        problems = mismatches(actual, reference[user])
+        generated = Counter(event_kind(e) for e in user_events)
+        if {k: v for k, v in actual["counts"].items() if v} != dict(generated):
+            problems.append(f"counts {actual['counts']} != generated {dict(generated)}")
+        bought = {line.item_id for e in user_events if isinstance(e, Purchase) for line in e.items}
+        if len(bought) <= 200 and set(actual["purchased"]) != bought:
+            problems.append("purchased set != generated")
+        if problems:
+            bad[user] = problems
+    assert not bad, f"{len(bad)} users differ, e.g. {list(bad.items())[:3]}"
+
+    # Versions strictly increasing per user, in log order.
+    versions: dict[str, list[int]] = defaultdict(list)
+    for message in cluster.read_topic(topics.RECOMMENDATIONS):
+        record = orjson.loads(message.value)
+        versions[record["user_id"]].append(record["version"])
+    assert set(versions) >= set(by_user)
+    assert all(v == sorted(set(v)) for v in versions.values())
+
+    # The ledger: consumed = accepted + duplicates + dead-lettered, and each event accepted once.
+    assert stats["profile.accepted"] == n_events
+    assert stats["ingest.consumed"] == (stats["profile.accepted"] + stats.get("profile.duplicates", 0)
+                                        + stats.get("ingest.deadlettered", 0)), stats
+    assert not any(cluster.lag().values())
+    assert recovery_kills == 1, "the kill meant for changelog recovery landed outside it"
+    report("SIGKILL (1 during changelog recovery)" if recovery_kills else "SIGKILL",
+           injected=kills, during_recovery=recovery_kills, events_sent=n_events,
+           events_accounted=stats["profile.accepted"], duplicates=stats.get("profile.duplicates", 0),
+           reforwarded=stats.get("profile.redelivered", 0), state_mismatches=len(bad),
+           restart_to_ready_s=round(ready_s, 1), drain_s=round(drain_s, 1),
+           total_s=round(time.monotonic() - t_start, 1))
+
+
+def test_reference_fold_detects_a_double_count() -> None:
+    """The comparison above is not vacuous: applying one event twice (no dedupe) is a mismatch."""
+    events = shop_events(300, n_users=3, seed=2)
+    reference = reference_profiles(events)
+    user = events[0].user_id
+    params = ProfileParams.from_settings(Settings(), dedupe_window=1)
+    doubled = new_profile(user)
+    mine = [e for e in events if e.user_id == user]
+    for event in [*mine, mine[0]]:
+        apply_event(doubled, event, params, None)
+    assert mismatches(orjson.loads(orjson.dumps(doubled.to_dict())), reference[user])
