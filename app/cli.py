@@ -44,7 +44,7 @@ def demo(
     data: Annotated[Path | None, typer.Option(help="Taobao CSV(.gz) or JSON lines; default: the shared data set, else the simulator")] = None,
     events: Annotated[int | None, typer.Option(help="replay at most N events")] = None,
     duration: Annotated[float | None, typer.Option(help="stop replaying after S seconds")] = None,
-    rate: Annotated[float, typer.Option(help="events/s; 0 = as fast as possible")] = 1000.0,
+    rate: Annotated[float, typer.Option(help="events/s; 0 = as fast as possible")] = 250.0,
     simulate: Annotated[bool, typer.Option("--simulate", help="use the built-in simulator even if data exists")] = False,
 ) -> None:
     """Start the embedded broker and a worker, train, replay, show live recommendations, summarise."""

@@ -33,7 +33,7 @@ from schemas.events import Recommendation
 logger = logging.getLogger(__name__)
 
 TRAIN_FRACTION = 0.3
-DEFAULT_RATE = 1000.0  # events/s: about 70x the real data set's pace, and what one worker sustains here
+DEFAULT_RATE = 250.0  # events/s: what one worker keeps up with here, refreshing every changed user (docs/BENCHMARKS.md)
 DUPLICATE_EVERY = 97     # resend every 97th event: at-least-once redelivery, must be deduped
 MALFORMED_EVERY = 997  # and now and then something the frontend should never send
 MALFORMED = (b"{not json", b'{"event_id": "x", "user_id": "u"}', b'{"event_id": 1, "user_id": "u", "ts": "soon"}',

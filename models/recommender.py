@@ -104,6 +104,17 @@ class Recommender:
     def _vector(self, item_id: str, category: str | None) -> np.ndarray | None:
         return self.model.vectors.vector(item_id, category) if self.model else None
 
+    def _personal_vector(self, item_id: str, category: str | None) -> np.ndarray | None:
+        """A vector for a candidate that only warm users get (ann, history, cooccur): looked up only
+        when some warm scene diversifies with MMR, since vectors serve nothing else in re-ranking.
+        Skipping 200+ lookups per user was a sixth of the refresh agent's time (py-spy, demo run)."""
+        return self._vector(item_id, category) if self._warm_mmr else None
+
+    @property
+    def _warm_mmr(self) -> bool:
+        return any(self.rerank_params.for_scene(scene, False).mmr_lambda < 1.0
+                   for scene in ("browsing", "shopping", "post_purchase"))
+
     def _ann_candidates(self, requests: Sequence[UserRequest]) -> tuple[list[list[Candidate]], bool]:
         empty: list[list[Candidate]] = [[] for _ in requests]
         if self.model is None or self.recall is None:
@@ -121,7 +132,7 @@ class Recommender:
         for row, i in enumerate(warm):
             anchor = max(histories[i], key=lambda h: h[2])[0]
             empty[i] = [Candidate(h.item_id, float(h.score), "ann", h.category,
-                                  self._vector(h.item_id, h.category), anchor) for h in hits[row]]
+                                  self._personal_vector(h.item_id, h.category), anchor) for h in hits[row]]
         return empty, False
 
     def _user_vectors(self, histories: list, profiles: list[UserProfile]) -> np.ndarray:
@@ -144,7 +155,7 @@ class Recommender:
         ranked = sorted(recent, key=lambda h: (-h[2], h[0]))
         order = {item: rank for rank, (item, _, _) in enumerate(ranked)}
         return [Candidate(item, 1.0 / (1.0 + order[item]) ** 0.5, "history", category,
-                          self._vector(item, category), item)
+                          self._personal_vector(item, category), item)
                 for item, category, _ in recent]
 
     def _cooccur(self, profile: UserProfile) -> list[Candidate]:
@@ -166,7 +177,8 @@ class Recommender:
         out = []
         for item, score in best:
             category = self.trending.category_of(item)
-            out.append(Candidate(item, score, "cooccur", category, self._vector(item, category), anchors[item][1]))
+            out.append(Candidate(item, score, "cooccur", category, self._personal_vector(item, category),
+                                 anchors[item][1]))
         return out
 
     def _popular(self, profile: UserProfile) -> list[Candidate]:

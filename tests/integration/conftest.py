@@ -120,12 +120,3 @@ class Kafka:
 def kafka(broker: EmbeddedBroker) -> Kafka:
     return Kafka(broker.bootstrap)
 
-
-def wait_for(predicate: Callable[[], object], timeout_s: float = 60.0, interval_s: float = 0.3) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise TimeoutError(f"condition not met within {timeout_s}s")

@@ -8,7 +8,8 @@ import uuid
 import httpx
 
 from app.process import WorkerProcess
-from tests.integration.conftest import Kafka, wait_for
+from tests.integration.conftest import Kafka
+from tests.waiting import wait_for
 
 
 def test_recommendations_404_and_malformed_ids(worker: WorkerProcess) -> None:

@@ -19,7 +19,8 @@ import pytest
 from app.process import WorkerProcess
 from app.simulator import simulate
 from schemas.events import CatalogItem
-from tests.integration.conftest import Kafka, wait_for
+from tests.integration.conftest import Kafka
+from tests.waiting import wait_for
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", "--disable-sync"]

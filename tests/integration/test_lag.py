@@ -25,7 +25,7 @@ from app.kafka import ensure_topics
 from app.lag import PartitionLag, sample_once
 from app.process import WorkerProcess
 from app.settings import Settings
-from tests.integration.conftest import wait_for
+from tests.waiting import wait_for
 
 INPUT = (topics.CLICK, topics.BROWSE, topics.PURCHASE)
 BACKLOG = {(topics.CLICK, 0): 37, (topics.CLICK, 1): 23, (topics.BROWSE, 1): 11}

@@ -11,7 +11,7 @@ import pytest
 from app import topics
 from app.store.sqlite import SqliteStore
 from schemas.events import Browse, Click, OrderItem, Purchase
-from tests.integration.conftest import wait_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 from app import topics
 from app.store.sqlite import SqliteStore
 from schemas.events import Browse
-from tests.integration.conftest import wait_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,15 +62,6 @@ def shop_events(n_events: int, n_users: int, seed: int) -> list[UserEvent]:
     return [e for e in simulate(n_users=n_users, n_items=500, n_categories=12, n_events=n_events, seed=seed,
                                 start_ts_ms=start) if not isinstance(e, CatalogItem)][:n_events]
 
-
-def wait_for(predicate: Callable[[], object], timeout_s: float = 60.0, interval_s: float = 0.3) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise TimeoutError(f"condition not met within {timeout_s}s")
 
 
 @dataclass
