@@ -118,6 +118,20 @@ class RerankParams:
         return {"shopping": self.shopping, "post_purchase": self.post_purchase}.get(scene, self.browsing)
 
 
+
+DESIGNED_PARAMS = RerankParams(
+    browsing=SceneWeights(recall=1.0, popularity=0.5, category=0.3, item=0.2, focus_boost=0.0,
+                          mmr_lambda=0.5, substitute_factor=1.0),
+    shopping=SceneWeights(recall=1.0, popularity=0.2, category=0.8, item=0.6, focus_boost=0.6,
+                          mmr_lambda=0.85, substitute_factor=1.0),
+    post_purchase=SceneWeights(recall=1.0, popularity=0.3, category=0.3, item=0.0, focus_boost=0.0,
+                               mmr_lambda=0.7, substitute_factor=0.0),
+)
+"""The hand-set blend the scene strategies were designed with (diverse browsing, focused shopping,
+no substitutes after a purchase): the tuning baseline in scripts/tune_rerank.py and the blend the
+unit tests exercise the mechanisms under. The shipped defaults above were learnt on validation data."""
+
+
 @dataclass(frozen=True, slots=True)
 class Ranked:
     item_id: str

@@ -14,7 +14,7 @@ from pathlib import Path
 from app.evaluate import load_events, split_events
 from app.evaluate_streamrec import SharedModel, StreamRecSystem, Variant
 from models.recommender import RecommenderOptions
-from models.rerank import RerankParams, SceneWeights
+from models.rerank import DESIGNED_PARAMS, RerankParams
 from schemas.events import event_items
 
 logging.basicConfig(level=logging.WARNING)
@@ -26,14 +26,7 @@ fit = [e for e in train if e.ts < cut]; val = [e for e in train if e.ts >= cut]
 shared = SharedModel()
 def sw(base, **kw): return dataclasses.replace(base, **kw)
 # The hand-set blend before tuning ("designed"): diverse browsing, focused shopping.
-P = RerankParams(
-    browsing=SceneWeights(recall=1.0, popularity=0.5, category=0.3, item=0.2, focus_boost=0.0,
-                          mmr_lambda=0.5, substitute_factor=1.0),
-    shopping=SceneWeights(recall=1.0, popularity=0.2, category=0.8, item=0.6, focus_boost=0.6,
-                          mmr_lambda=0.85, substitute_factor=1.0),
-    post_purchase=SceneWeights(recall=1.0, popularity=0.3, category=0.3, item=0.0, focus_boost=0.0,
-                               mmr_lambda=0.7, substitute_factor=0.0),
-)
+P = DESIGNED_PARAMS
 def allscenes(**kw):
     return RerankParams(browsing=sw(P.browsing, **kw), shopping=sw(P.shopping, **kw), post_purchase=sw(P.post_purchase, **kw))
 configs = {

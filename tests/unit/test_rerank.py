@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.rerank import Candidate, RerankContext, RerankParams, SceneWeights, mmr, rerank
+from models.rerank import DESIGNED_PARAMS, Candidate, RerankContext, RerankParams, SceneWeights, mmr, rerank
 
 # The scene mechanisms (MMR diversity in browsing, category focus in shopping, re-surfacing with a
 # shown penalty) under the hand-set blend they were designed with. The shipped defaults were learnt
 # on validation data and happen to switch diversity and focus off (models/rerank.py), so these tests
 # pass this blend explicitly: they test the mechanisms, not the default weights.
-DESIGNED = RerankParams(
-    browsing=SceneWeights(recall=1.0, popularity=0.5, category=0.3, item=0.2, focus_boost=0.0,
-                          mmr_lambda=0.5, substitute_factor=1.0),
-    shopping=SceneWeights(recall=1.0, popularity=0.2, category=0.8, item=0.6, focus_boost=0.6,
-                          mmr_lambda=0.85, substitute_factor=1.0),
-    post_purchase=SceneWeights(recall=1.0, popularity=0.3, category=0.3, item=0.0, focus_boost=0.0,
-                               mmr_lambda=0.7, substitute_factor=0.0),
-)
+DESIGNED = DESIGNED_PARAMS
 
 
 def ctx(
