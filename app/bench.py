@@ -30,6 +30,8 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app import topics
+from app.bench_encoder import measure as measure_encoder
+from app.bench_encoder import per_s
 from app.broker import EmbeddedBroker
 from app.kafka import ensure_topics
 from app.process import WorkerProcess
@@ -334,18 +336,6 @@ class Phase:
 
 
 # --- stage costs (in process) ------------------------------------------------------------------------
-def per_s(n: int, fn: Callable[[], object], min_s: float = 0.3) -> float:
-    """Items/s of fn() doing n items, repeated until min_s has passed (one warm-up call)."""
-    fn()
-    runs, started = 0, time.perf_counter()
-    while True:
-        fn()
-        runs += 1
-        elapsed = time.perf_counter() - started
-        if elapsed >= min_s:
-            return n * runs / elapsed
-
-
 def stage_costs(cfg: BenchConfig, model_dir: Path, workdir: Path, bootstrap: str) -> dict[str, Any]:
     from agents.refresh import snapshot  # noqa: F401 - the same imports the worker pays
     from models.encoder import load_model_version
@@ -378,15 +368,11 @@ def stage_costs(cfg: BenchConfig, model_dir: Path, workdir: Path, bootstrap: str
     out["scene_predictions_per_s"] = per_s(len(features), lambda: [scene_model.predict_intent(f) for f in features])
 
     model = load_model_version(model_dir, "auto")
-    out["encoder_provider"] = model.encoder.provider
+    out["encoder_provider"] = model.encoder.provider  # what the worker picks (CUDA where usable)
+    providers = measure_encoder(model.encoder.path, batches=(1, 64, 512), min_s=0.3)
+    out["encoder_by_provider"] = providers["users_per_s"]  # CPU, and CUDA (+IO binding) on a GPU box
+    out["encoder_users_per_s"] = providers["users_per_s"][model.encoder.provider]
     rng = np.random.default_rng(0)
-    enc: dict[str, float] = {}
-    for batch in (1, 64, 512):
-        seq = rng.standard_normal((batch, model.max_len, model.dim), dtype=np.float32)
-        weights = np.ones((batch, model.max_len), np.float32)
-        scene = np.tile(np.eye(3, dtype=np.float32)[0], (batch, 1))
-        enc[str(batch)] = per_s(batch, lambda s=seq, w=weights, c=scene: model.encoder.encode(s, w, c))
-    out["encoder_users_per_s"] = enc
 
     # Recall on the model's real item vectors: user vectors from the encoder over real item histories.
     ids, matrix = list(model.vectors.ids), np.ascontiguousarray(model.vectors.matrix, np.float32)
@@ -601,8 +587,8 @@ def table(result: dict[str, Any]) -> str:
     rows += [("decode+validate", f"{stages['decode_validate_eps']:,.0f} ev/s"),
              ("profile update (incl. scene)", f"{stages['profile_update_eps']:,.0f} ev/s"),
              ("scene model prediction", f"{stages['scene_predictions_per_s']:,.0f} /s")]
-    rows += [(f"encoder batch {b} ({stages['encoder_provider']})", f"{v:,.0f} users/s")
-             for b, v in result["encoder_users_per_s"].items()]
+    rows += [(f"encoder batch {b} ({provider})", f"{v:,.0f} users/s")
+             for provider, rates in stages["encoder_by_provider"].items() for b, v in rates.items()]
     recall = stages["recall"]
     for name, value in recall.items():
         if isinstance(value, dict):
