@@ -10,7 +10,7 @@ import time
 
 from agents.ingest import deadletter_headers, deadletter_value
 from app import topics
-from app.faust_app import StreamRec
+from app.faust_app import StreamRec, acked_only_when_done
 from app.store import ItemMeta
 from schemas.events import CatalogItem
 from schemas.validation import Rejection, decode_event
@@ -23,22 +23,23 @@ def register(sr: StreamRec) -> None:
     async def catalog(stream):
         services = sr.services
         async for batch in stream.take_events(500, 0.5):
-            now_ms = int(time.time() * 1000)
-            items: list[CatalogItem] = []
-            sent = []
-            for event in batch:
-                message = event.message
-                result = decode_event(message.value, message.topic, services.limits, now_ms)
-                if isinstance(result, Rejection):
-                    headers = deadletter_headers(result.reason, result.detail, message.topic,
-                                                 message.partition, message.offset)
-                    value = deadletter_value(message.value, headers, sr.settings.max_message_bytes)
-                    sent.append(await deadletter.send(key=message.topic.encode(), value=value, headers=headers))
-                else:
-                    items.append(result)
-            if items:
-                services.apply_catalog(items)  # on the loop: recall is shared with the refresh agent
-                await sr.extras["store"].put_items(
-                    [ItemMeta(item_id=i.item_id, category=i.category, price=i.price, available=i.available,
-                              updated_at=i.ts or now_ms) for i in items])
-            await asyncio.gather(*sent)
+            with acked_only_when_done(batch):
+                now_ms = int(time.time() * 1000)
+                items: list[CatalogItem] = []
+                sent = []
+                for event in batch:
+                    message = event.message
+                    result = decode_event(message.value, message.topic, services.limits, now_ms)
+                    if isinstance(result, Rejection):
+                        headers = deadletter_headers(result.reason, result.detail, message.topic,
+                                                     message.partition, message.offset)
+                        value = deadletter_value(message.value, headers, sr.settings.max_message_bytes)
+                        sent.append(await deadletter.send(key=message.topic.encode(), value=value, headers=headers))
+                    else:
+                        items.append(result)
+                if items:
+                    services.apply_catalog(items)  # on the loop: recall is shared with the refresh agent
+                    await (await sr.store()).put_items(
+                        [ItemMeta(item_id=i.item_id, category=i.category, price=i.price, available=i.available,
+                                  updated_at=i.ts or now_ms) for i in items])
+                await asyncio.gather(*sent)

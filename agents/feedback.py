@@ -18,7 +18,7 @@ import msgspec
 import orjson
 
 from app import lag, topics
-from app.faust_app import StreamRec, in_partition_of
+from app.faust_app import StreamRec, acked_only_when_done, in_partition_of
 from models.feedback import FeedbackParams, FeedbackWindows, UserFeedback, WindowMetrics
 from schemas.events import Recommendation, UserEvent
 
@@ -86,42 +86,43 @@ def register(sr: StreamRec) -> None:
     @sr.app.agent(channel, name="streamrec.agents.feedback")
     async def feedback(stream):
         async for batch in stream.take_events(settings.ingest_batch, settings.batch_within_s):
-            by_user = defaultdict(list)
-            for event in batch:
-                by_user[event.key.decode()].append(event)
-            now = time.time()
-            for user_id, events in by_user.items():
-                key = user_id.encode()
-                raw = sr.feedback.get(key)
-                state = UserFeedback.from_dict(orjson.loads(raw)) if raw else UserFeedback()
-                forget = False
-                for event in events:
-                    message = event.message
-                    lag.PROCESSING.labels(message.topic).observe(max(0.0, now - (message.timestamp or now)))
-                    if message.topic == topics.RECOMMENDATIONS:
-                        if not message.value:
-                            continue  # a tombstone (erased user)
-                        try:
-                            record = _decode_rec(message.value)
-                        except msgspec.DecodeError:  # not ours to judge: never stop the stage on it
+            with acked_only_when_done(batch):
+                by_user = defaultdict(list)
+                for event in batch:
+                    by_user[event.key.decode()].append(event)
+                now = time.time()
+                for user_id, events in by_user.items():
+                    key = user_id.encode()
+                    raw = sr.feedback.get(key)
+                    state = UserFeedback.from_dict(orjson.loads(raw)) if raw else UserFeedback()
+                    forget = False
+                    for event in events:
+                        message = event.message
+                        lag.PROCESSING.labels(message.topic).observe(max(0.0, now - (message.timestamp or now)))
+                        if message.topic == topics.RECOMMENDATIONS:
+                            if not message.value:
+                                continue  # a tombstone (erased user)
+                            try:
+                                record = _decode_rec(message.value)
+                            except msgspec.DecodeError:  # not ours to judge: never stop the stage on it
+                                continue
+                            if windows.on_list(state, record):
+                                lag.RECOMMENDATIONS.labels(record.scene).inc()
+                                freshness_ms = record.generated_at - record.source_ts
+                                lag.FRESHNESS.observe(max(0.0, freshness_ms / 1000.0))
+                                fresh.append((now, float(freshness_ms)))
                             continue
-                        if windows.on_list(state, record):
-                            lag.RECOMMENDATIONS.labels(record.scene).inc()
-                            freshness_ms = record.generated_at - record.source_ts
-                            lag.FRESHNESS.observe(max(0.0, freshness_ms / 1000.0))
-                            fresh.append((now, float(freshness_ms)))
-                        continue
-                    try:
-                        windows.on_event(state, _decode_event(message.value))
-                    except msgspec.DecodeError:  # not a user interaction (e.g. an erase request)
-                        forget = forget or _is_forget(message.value)
-                with in_partition_of(events[-1]):
-                    if forget:
-                        sr.feedback.pop(key, None)
-                    else:
-                        sr.feedback[key] = orjson.dumps(state.to_dict())
-            clock["last_arrival"] = time.monotonic()
-            await publish(windows.close(scene_model_accuracy=accuracy()))
+                        try:
+                            windows.on_event(state, _decode_event(message.value))
+                        except msgspec.DecodeError:  # not a user interaction (e.g. an erase request)
+                            forget = forget or _is_forget(message.value)
+                    with in_partition_of(events[-1]):
+                        if forget:
+                            sr.feedback.pop(key, None)
+                        else:
+                            sr.feedback[key] = orjson.dumps(state.to_dict())
+                clock["last_arrival"] = time.monotonic()
+                await publish(windows.close(scene_model_accuracy=accuracy()))
 
     @sr.app.timer(CLOSE_EVERY_S)
     async def close_idle_windows() -> None:

@@ -12,7 +12,7 @@ import time
 
 from app import topics
 from app.counters import BatchCounts, counted_upto
-from app.faust_app import StreamRec
+from app.faust_app import StreamRec, acked_only_when_done
 from app.ledger import SOURCE_HEADER, source_id
 from schemas.validation import Rejection, decode_event, encode_event
 
@@ -45,32 +45,33 @@ def register(sr: StreamRec) -> None:
     async def ingest(stream):
         limits = sr.services.limits
         async for batch in stream.take_events(settings.ingest_batch, settings.batch_within_s):
-            now_ms = int(time.time() * 1000)
-            counts = BatchCounts("ingest")
-            upto: dict[int, dict[str, int]] = {}
-            sent = []
-            for event in batch:
-                message = event.message
-                if message.partition not in upto:
-                    upto[message.partition] = counted_upto(sr, "ingest", message.partition)
-                # redelivered after a crash, already counted: sent again (at-least-once), not recounted
-                count = message.offset > upto[message.partition].get(message.topic, -1)
-                if count:
-                    counts.add(event, "consumed")
-                    counts.mark(event, message.topic, message.offset)
-                result = decode_event(message.value, message.topic, limits, now_ms)
-                if isinstance(result, Rejection):
+            with acked_only_when_done(batch):
+                now_ms = int(time.time() * 1000)
+                counts = BatchCounts("ingest")
+                upto: dict[int, dict[str, int]] = {}
+                sent = []
+                for event in batch:
+                    message = event.message
+                    if message.partition not in upto:
+                        upto[message.partition] = counted_upto(sr, "ingest", message.partition)
+                    # redelivered after a crash, already counted: sent again (at-least-once), not recounted
+                    count = message.offset > upto[message.partition].get(message.topic, -1)
                     if count:
-                        counts.add(event, "deadlettered")
-                    headers = deadletter_headers(result.reason, result.detail, message.topic,
-                                                 message.partition, message.offset)
-                    value = deadletter_value(message.value, headers, settings.max_message_bytes)
-                    sent.append(await deadletter.send(key=message.topic.encode(), value=value, headers=headers))
-                else:
-                    if count:
-                        counts.add(event, "forwarded")
-                    source = source_id(message.topic, message.partition, message.offset)
-                    sent.append(await events_topic.send(key=result.user_id.encode(), value=encode_event(result),
-                                                        headers=[(SOURCE_HEADER, source.encode())]))
-            counts.flush(sr)
-            await asyncio.gather(*sent)  # delivered before the batch's offsets are acknowledged
+                        counts.add(event, "consumed")
+                        counts.mark(event, message.topic, message.offset)
+                    result = decode_event(message.value, message.topic, limits, now_ms)
+                    if isinstance(result, Rejection):
+                        if count:
+                            counts.add(event, "deadlettered")
+                        headers = deadletter_headers(result.reason, result.detail, message.topic,
+                                                     message.partition, message.offset)
+                        value = deadletter_value(message.value, headers, settings.max_message_bytes)
+                        sent.append(await deadletter.send(key=message.topic.encode(), value=value, headers=headers))
+                    else:
+                        if count:
+                            counts.add(event, "forwarded")
+                        source = source_id(message.topic, message.partition, message.offset)
+                        sent.append(await events_topic.send(key=result.user_id.encode(), value=encode_event(result),
+                                                            headers=[(SOURCE_HEADER, source.encode())]))
+                counts.flush(sr)
+                await asyncio.gather(*sent)  # delivered before the batch's offsets are acknowledged

@@ -17,7 +17,7 @@ from faust.types import EventT
 
 from app import topics
 from app.counters import BatchCounts, counted_upto
-from app.faust_app import StreamRec, in_partition_of
+from app.faust_app import StreamRec, acked_only_when_done, in_partition_of
 from app.ledger import LEDGER_KEY, SOURCE_HEADER, bounded, classify, header
 from models.profile import UserProfile, apply_event, new_profile
 from schemas.events import Forget, UserEvent
@@ -37,7 +37,7 @@ async def forget(sr: StreamRec, user_id: str, event: EventT) -> None:
         for table in (sr.profiles, sr.recstate):
             if key in table:
                 del table[key]
-    await sr.extras["store"].forget_user(user_id)
+    await (await sr.store()).forget_user(user_id)
     await sr.topics[topics.RECOMMENDATIONS].send(key=key, value=None)
 
 
@@ -50,52 +50,53 @@ def register(sr: StreamRec) -> None:
     async def profile(stream):
         services = sr.services
         async for batch in stream.take_events(settings.ingest_batch, settings.batch_within_s):
-            by_user = defaultdict(list)
-            for event in batch:
-                by_user[event.key.decode()].append(event)
-            counts = BatchCounts("profile")
-            to_refresh: dict[int, list[str]] = defaultdict(list)
-            switches = []
-            upto: dict[int, int] = {}
-            for user_id, events in by_user.items():
-                raw = orjson.loads(sr.profiles.get(user_id.encode()) or b"null")
-                state = UserProfile.from_dict(raw) if raw else new_profile(user_id)
-                first_seen: dict[str, list] = dict(raw.get(LEDGER_KEY, {})) if raw else {}
-                forgotten = False
-                for event in events:
-                    message = event.message
-                    record = _decode(event.value)
-                    if isinstance(record, Forget):
-                        state, forgotten, first_seen = new_profile(user_id), True, {}
-                        continue
+            with acked_only_when_done(batch):
+                by_user = defaultdict(list)
+                for event in batch:
+                    by_user[event.key.decode()].append(event)
+                counts = BatchCounts("profile")
+                to_refresh: dict[int, list[str]] = defaultdict(list)
+                switches = []
+                upto: dict[int, int] = {}
+                for user_id, events in by_user.items():
+                    raw = orjson.loads(sr.profiles.get(user_id.encode()) or b"null")
+                    state = UserProfile.from_dict(raw) if raw else new_profile(user_id)
+                    first_seen: dict[str, list] = dict(raw.get(LEDGER_KEY, {})) if raw else {}
                     forgotten = False
-                    if message.partition not in upto:
-                        upto[message.partition] = counted_upto(sr, "profile", message.partition).get("events", -1)
-                    source = header(message.headers, SOURCE_HEADER)
-                    applied = apply_event(state, record, services.params, services.scene_model)
-                    if not applied.duplicate:
-                        first_seen[record.event_id] = [source, message.offset]
-                    if message.offset > upto[message.partition]:  # not yet counted in a persisted batch
-                        counts.add(event, classify(not applied.duplicate, first_seen.get(record.event_id),
-                                                   source, message.offset))
-                        counts.mark(event, "events", message.offset)
-                    if applied.duplicate:
+                    for event in events:
+                        message = event.message
+                        record = _decode(event.value)
+                        if isinstance(record, Forget):
+                            state, forgotten, first_seen = new_profile(user_id), True, {}
+                            continue
+                        forgotten = False
+                        if message.partition not in upto:
+                            upto[message.partition] = counted_upto(sr, "profile", message.partition).get("events", -1)
+                        source = header(message.headers, SOURCE_HEADER)
+                        applied = apply_event(state, record, services.params, services.scene_model)
+                        if not applied.duplicate:
+                            first_seen[record.event_id] = [source, message.offset]
+                        if message.offset > upto[message.partition]:  # not yet counted in a persisted batch
+                            counts.add(event, classify(not applied.duplicate, first_seen.get(record.event_id),
+                                                       source, message.offset))
+                            counts.mark(event, "events", message.offset)
+                        if applied.duplicate:
+                            continue
+                        services.trending.observe_event(record)
+                        if applied.scene_switch is not None:
+                            switches.append(applied.scene_switch)
+                    if forgotten:
+                        await forget(sr, user_id, events[-1])
                         continue
-                    services.trending.observe_event(record)
-                    if applied.scene_switch is not None:
-                        switches.append(applied.scene_switch)
-                if forgotten:
-                    await forget(sr, user_id, events[-1])
-                    continue
-                with in_partition_of(events[-1]):
-                    value = state.to_dict()
-                    value[LEDGER_KEY] = bounded(first_seen, state.recent_event_ids)  # same write as the ring
-                    sr.profiles[user_id.encode()] = orjson.dumps(value)
-                to_refresh[events[-1].message.partition].append(user_id)
-            counts.flush(sr)
-            sent = [await refresh_topic.send(key=b"users", value=orjson.dumps(users), partition=partition)
-                    for partition, users in to_refresh.items()]
-            for switch in switches:
-                value = orjson.dumps({"metric": "scene_switch", **dataclasses.asdict(switch)})
-                sent.append(await metrics_topic.send(key=b"scene_switch", value=value))
-            await asyncio.gather(*sent)
+                    with in_partition_of(events[-1]):
+                        value = state.to_dict()
+                        value[LEDGER_KEY] = bounded(first_seen, state.recent_event_ids)  # same write as the ring
+                        sr.profiles[user_id.encode()] = orjson.dumps(value)
+                    to_refresh[events[-1].message.partition].append(user_id)
+                counts.flush(sr)
+                sent = [await refresh_topic.send(key=b"users", value=orjson.dumps(users), partition=partition)
+                        for partition, users in to_refresh.items()]
+                for switch in switches:
+                    value = orjson.dumps({"metric": "scene_switch", **dataclasses.asdict(switch)})
+                    sent.append(await metrics_topic.send(key=b"scene_switch", value=value))
+                await asyncio.gather(*sent)

@@ -19,7 +19,7 @@ import orjson
 from agents.profile import load_profile
 from app import topics
 from app.counters import BatchCounts
-from app.faust_app import StreamRec, in_partition_of
+from app.faust_app import StreamRec, acked_only_when_done, in_partition_of
 from app.store import ProfileSnapshot
 from models.profile import UserProfile
 from models.recommender import UserRequest
@@ -43,16 +43,17 @@ def register(sr: StreamRec) -> None:
     @sr.app.agent(sr.topics[topics.REFRESH], name="streamrec.agents.refresh")
     async def refresh(stream):
         async for batch in stream.take_events(REFRESH_MESSAGES, settings.refresh_within_s):
-            anchor = {}
-            for event in batch:
-                for user_id in orjson.loads(event.value):
-                    anchor[user_id] = event
-            users = [u for u in anchor if u.encode() in sr.profiles]  # forgotten users have no profile
-            # One message lists a whole profile batch, so a take() can hold thousands of users: refresh
-            # them in bounded micro-batches and let the other agents run in between.
-            for start in range(0, len(users), settings.refresh_batch):
-                await refresh_users(sr, users[start:start + settings.refresh_batch], anchor, recommendations)
-                await asyncio.sleep(0)
+            with acked_only_when_done(batch):
+                anchor = {}
+                for event in batch:
+                    for user_id in orjson.loads(event.value):
+                        anchor[user_id] = event
+                users = [u for u in anchor if u.encode() in sr.profiles]  # forgotten users have no profile
+                # One message lists a whole profile batch, so a take() can hold thousands of users: refresh
+                # them in bounded micro-batches and let the other agents run in between.
+                for start in range(0, len(users), settings.refresh_batch):
+                    await refresh_users(sr, users[start:start + settings.refresh_batch], anchor, recommendations)
+                    await asyncio.sleep(0)
 
 
 async def refresh_users(sr: StreamRec, users: list[str], anchor: dict, recommendations: faust.TopicT) -> None:
@@ -86,7 +87,7 @@ async def refresh_users(sr: StreamRec, users: list[str], anchor: dict, recommend
         records.append(record)
         sent.append(await recommendations.send(key=user_id.encode(), value=msgspec.json.encode(record)))
     counts.flush(sr)
-    store = sr.extras["store"]
+    store = await sr.store()
     await store.put_recommendations(records)
     await store.put_profiles([snapshot(r.profile, generated_at) for r in requests])
     await asyncio.gather(*sent)

@@ -6,9 +6,11 @@ in agents/ register themselves on it. Topics and tables are declared once, here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,8 @@ from app import topics
 from app.fastpath import app_class
 from app.kafka import ssl_context
 from app.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,6 +40,20 @@ class StreamRec:
     feedback: faust.Table  # per-user attribution state of the feedback agent (models/feedback.py)
     services: Any = None  # app.services.Services, attached by the worker at startup
     extras: dict[str, Any] = field(default_factory=dict)
+    store_opened: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def set_store(self, store: Any) -> None:
+        self.extras["store"] = store
+        self.store_opened.set()
+
+    async def store(self) -> Any:
+        """The store (app.store), once the worker's startup task has opened it.
+
+        Faust starts agents and app tasks side by side, so a restarted worker with a backlog can reach
+        its first refresh before the store is open; waiting here beats failing that batch.
+        """
+        await self.store_opened.wait()
+        return self.extras["store"]
 
 
 def _credentials(settings: Settings) -> Any:
@@ -107,3 +125,24 @@ def in_partition_of(event: EventT) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+@contextlib.contextmanager
+def acked_only_when_done(batch: Sequence[EventT]) -> Iterator[None]:
+    """Leave a `take_events` batch unacknowledged unless the body got through it.
+
+    `take_events` acks its batch in a `finally`, so a body that raised or was cancelled half-way (an
+    agent crash, a stop, a rebalance) had its events committed without their effects: a batch lost.
+    Marking the messages acked here makes Faust's `consumer.ack` skip them, so the committed offset
+    stops before them (Faust commits only up to the first gap) and they are delivered again after the
+    next rebalance or restart, where the dedupe ring and the ledger make that harmless.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        for event in batch:
+            event.message.acked = True  # consumer.ack() ignores an acked message: no offset, no commit
+        if not isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            logger.error("batch of %d events failed (%r): not acknowledged, delivered again after the next "
+                         "rebalance or restart", len(batch), exc)
+        raise

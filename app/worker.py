@@ -69,7 +69,7 @@ def build_worker_runtime(settings: Settings) -> StreamRec:
 
     @sr.app.task
     async def startup() -> None:
-        sr.extras["store"] = await open_store(settings)
+        sr.set_store(await open_store(settings))
         routes = [web.get("/stats", stats), web.get("/users/{user_id}/state", user_state),
                   *api_routes(lambda: sr.extras.get("store"), LazyProducer(lambda: producer(settings)),
                               sr.services.limits),

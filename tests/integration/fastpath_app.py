@@ -1,7 +1,9 @@
 """A Faust app on app/fastpath.py that logs every event it gets: run as a child by test_fastpath.py.
 
-Usage: python -m tests.integration.fastpath_app BOOTSTRAP GROUP TOPIC OUTFILE
-Each event becomes one line "partition offset value" in OUTFILE, written after its batch.
+Usage: python -m tests.integration.fastpath_app BOOTSTRAP GROUP TOPIC OUTFILE [FAIL_AT]
+Each event becomes one line "partition offset value" in OUTFILE, written after its batch. With FAIL_AT,
+the first batch holding that value raises instead (its events go to OUTFILE.failed), as a bug or a
+failing store would: Faust restarts the agent, and the batch must not count as processed.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from pathlib import Path
 import faust
 
 from app.fastpath import StreamRecApp
+from app.faust_app import acked_only_when_done
 
 
-def main(bootstrap: str, group: str, topic_name: str, out: Path) -> None:
+def main(bootstrap: str, group: str, topic_name: str, out: Path, fail_at: int | None = None) -> None:
     (out.parent / f"{group}-data").mkdir(parents=True, exist_ok=True)
     app = StreamRecApp(group, broker=f"kafka://{bootstrap}", datadir=str(out.parent / f"{group}-data"),
                        web_enabled=False, topic_allow_declare=False, consumer_auto_offset_reset="earliest",
@@ -26,11 +29,17 @@ def main(bootstrap: str, group: str, topic_name: str, out: Path) -> None:
     async def record(stream: faust.StreamT) -> None:
         with out.open("a") as log:
             async for batch in stream.take_events(100, 0.05):
-                log.writelines(f"{e.message.partition} {e.message.offset} {e.value.decode()}\n" for e in batch)
-                log.flush()
+                with acked_only_when_done(batch):
+                    lines = [f"{e.message.partition} {e.message.offset} {e.value.decode()}\n" for e in batch]
+                    failed = out.with_suffix(".failed")
+                    if fail_at is not None and not failed.exists() and f"{fail_at}" in {e.value.decode() for e in batch}:
+                        failed.write_text("".join(lines))
+                        raise RuntimeError(f"planted failure in the batch holding {fail_at}")
+                    log.writelines(lines)
+                    log.flush()
 
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else None)

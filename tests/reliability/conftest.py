@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -204,6 +205,27 @@ class Cluster:
         path = self.data_dir / "streamrec.db"
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
             return {user: orjson.loads(payload) for user, payload in db.execute("SELECT user_id, payload FROM profiles")}
+
+    def explain_stale(self, users: Iterable[str]) -> str:
+        """Why stored profiles lag: each user's events partition, newest list published, errors logged."""
+        users = set(users)
+        partition: dict[str, set[int]] = {}
+        for message in self.read_topic(topics.EVENTS):
+            user = message.key.decode()
+            if user in users:
+                partition.setdefault(user, set()).add(message.partition)
+        lists: dict[str, list[tuple[int, int]]] = {}
+        for message in self.read_topic(topics.RECOMMENDATIONS):
+            if message.value is not None and message.key.decode() in users:
+                record = orjson.loads(message.value)
+                lists.setdefault(record["user_id"], []).append((record["generated_at"], record["source_ts"]))
+        stored = self.stored_profiles()
+        lines = [f"{u}: events partitions {sorted(partition.get(u, ()))}, lists published {len(lists.get(u, []))}, "
+                 f"newest (generated_at, source_ts) {max(lists.get(u, [(0, 0)]))}, stored clock_ms "
+                 f"{stored.get(u, {}).get('clock_ms')}" for u in sorted(users)]
+        log = (self.data_dir / "worker.log").read_text(errors="replace").splitlines()
+        worrying = [line for line in log if re.search(r"ERROR|Traceback|crash|rebalanc|revok|assigned", line, re.IGNORECASE)]
+        return "\n".join(lines + ["worker log lines about errors and rebalances:"] + worrying[-60:])
 
     def delivered_events(self) -> list[UserEvent]:
         """streamrec.events as the profile agent reads it: per partition, in offset order."""
