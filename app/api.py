@@ -4,11 +4,18 @@ Served by every worker (beside /healthz /readyz /metrics) and by `streamrec serv
 producer, no Faust). POST /events validates with the very code ingest uses (`decode_tagged`), produces
 accepted events with acks=all keyed as the frontend would, and answers per event; the stream's
 dedupe by event_id still applies downstream, so a client may retry a whole batch.
+
+Request errors are JSON ``{"error", "detail"}`` (app/web.py's middleware also covers 404/405/413 and
+malformed ``{user_id}`` path segments): a body that is not JSON is 400 ``invalid_json``, JSON that is
+not a non-empty array of events (or ``{"events": [...]}``) is 400 ``invalid_body``, more than MAX_EVENTS
+events is 413 ``too_many_events``; each event of a well-formed batch is accepted or rejected on its own
+with the validation reason. Kafka unreachable is 503 ``kafka_unavailable``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,30 +27,42 @@ from aiokafka import AIOKafkaProducer
 
 from app import topics
 from app.store import Store
+from app.web import MAX_BODY_BYTES, MAX_USER_ID, error_response
 from schemas.events import CatalogItem
 from schemas.validation import Limits, Rejection, decode_tagged, encode_event, event_type
 
+logger = logging.getLogger(__name__)
+
 MAX_EVENTS = 1_000  # per POST /events; the body is also bounded by web.MAX_BODY_BYTES
-_MAX_ID = 256
 
 StoreGetter = Callable[[], Store | None]
 ProducerGetter = Callable[[], Awaitable[AIOKafkaProducer]]
+_error = error_response
 
 
-def _error(status: int, error: str, detail: str) -> web.Response:
-    return web.json_response({"error": error, "detail": detail}, status=status)
+def _json_kind(value: object) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def valid_user_id(user_id: str) -> bool:
-    return 0 < len(user_id) <= _MAX_ID and user_id.isprintable() and user_id.strip() == user_id
+def body_problem(body: object) -> str | None:
+    """Why a parsed POST /events body is not a batch (None if it is one)."""
+    if isinstance(body, dict):
+        if "events" not in body:
+            return 'expected a JSON array of events or {"events": [...]}; got an object without "events"'
+        body = body["events"]
+        if not isinstance(body, list):
+            return f'"events" must be an array of event objects, got {_json_kind(body)}'
+    elif not isinstance(body, list):
+        return f'expected a JSON array of events or {{"events": [...]}}, got {_json_kind(body)}'
+    if not body:
+        return "the batch is empty: send at least one event"
+    return None
 
 
 def api_routes(store: StoreGetter, producer: ProducerGetter, limits: Limits) -> list[web.RouteDef]:
     async def recommendations(request: web.Request) -> web.Response:
-        user_id = request.match_info["user_id"]
-        if not valid_user_id(user_id):
-            return _error(400, "invalid_user_id", f"user ids are 1-{_MAX_ID} printable characters, no "
-                                                  "leading or trailing spaces")
+        user_id = request.match_info["user_id"]  # checked by app/web.py's middleware (400 if malformed)
         current = store()
         if current is None:
             return _error(503, "not_ready", "the store is not open yet")
@@ -54,21 +73,25 @@ def api_routes(store: StoreGetter, producer: ProducerGetter, limits: Limits) -> 
         return web.Response(body=msgspec.json.encode(record), content_type="application/json")
 
     async def post_events(request: web.Request) -> web.Response:
+        raw = await request.read()  # over MAX_BODY_BYTES: 413, answered by app/web.py's middleware
         try:
-            body = orjson.loads(await request.read())
-        except web.HTTPRequestEntityTooLarge:
-            raise
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            return _error(400, "invalid_json", str(exc)[:160])
-        events = body.get("events") if isinstance(body, dict) else body
-        if not isinstance(events, list) or not events:
-            return _error(400, "invalid_body", 'expected a non-empty JSON array of events or {"events": [...]}')
+            return _error(400, "invalid_json", f"the body is not valid JSON: {str(exc)[:160]}")
+        problem = body_problem(body)
+        if problem is not None:
+            return _error(400, "invalid_body", problem)
+        events = body["events"] if isinstance(body, dict) else body
         if len(events) > MAX_EVENTS:
-            return _error(413, "too_many_events", f"at most {MAX_EVENTS} events per request")
+            return _error(413, "too_many_events", f"{len(events)} events in one request; at most {MAX_EVENTS}")
         now_ms = int(time.time() * 1000)
         results: list[dict[str, Any]] = []
         sends = []
-        kafka = await producer()
+        try:
+            kafka = await producer()
+        except Exception as exc:  # noqa: BLE001 - the client gets a clear 503, the log the cause
+            logger.warning("POST /events: Kafka producer unavailable: %s", exc)
+            return _error(503, "kafka_unavailable", "events cannot be published right now; retry later")
         for index, item in enumerate(events):
             result = decode_tagged(orjson.dumps(item), limits, now_ms)
             if isinstance(result, Rejection):
@@ -77,9 +100,13 @@ def api_routes(store: StoreGetter, producer: ProducerGetter, limits: Limits) -> 
                 continue
             key = result.item_id if isinstance(result, CatalogItem) else result.user_id
             topic = topics.TOPIC_BY_TYPE[event_type(result)]
-            sends.append((index, await kafka.send(topic, encode_event(result), key=key.encode())))
             results.append({"index": index, "status": "accepted", "topic": topic,
                             "event_id": getattr(result, "event_id", None)})
+            try:
+                sends.append((index, await kafka.send(topic, encode_event(result), key=key.encode())))
+            except Exception as exc:  # noqa: BLE001 - reported per event, the rest still count
+                results[index] = {"index": index, "status": "failed", "reason": "produce_failed",
+                                  "detail": str(exc)[:160]}
         for index, future in sends:
             try:
                 await future  # acks=all: accepted means the broker has it
@@ -108,7 +135,11 @@ class LazyProducer:
         async with self._lock:
             if self._producer is None:
                 producer = self._make()
-                await producer.start()
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()  # no half-started client left behind; the next call retries
+                    raise
                 self._producer = producer
         return self._producer
 
@@ -132,6 +163,8 @@ _REC = {"type": "object", "required": ["rec_id", "user_id", "version", "generate
                            "item_id": {"type": "string"}, "score": {"type": "number"},
                            "reason": {"type": "string"}}}}}}
 
+_BATCH = {"type": "array", "minItems": 1, "maxItems": MAX_EVENTS, "items": {"type": "object"}}
+
 
 def _json(schema: dict) -> dict:
     return {"content": {"application/json": {"schema": schema}}}
@@ -143,22 +176,27 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/users/{user_id}/recommendations": {"get": {
             "summary": "The user's latest recommendation list",
-            "parameters": [{"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "parameters": [{"name": "user_id", "in": "path", "required": True,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID,
+                                       "description": "printable characters, no leading or trailing space"}}],
             "responses": {"200": {"description": "latest list", **_json(_REC)},
                           "400": {"description": "malformed user id", **_json(_ERROR)},
                           "404": {"description": "no list for this user", **_json(_ERROR)}}}},
         "/events": {"post": {
             "summary": "Publish a batch of events (the topic schema plus `type`: click|browse|purchase|catalog)",
-            "requestBody": {"required": True, **_json({"type": "array", "maxItems": MAX_EVENTS,
-                                                       "items": {"type": "object"}})},
+            "requestBody": {"required": True, **_json({"oneOf": [
+                _BATCH, {"type": "object", "required": ["events"], "properties": {"events": _BATCH}}]})},
             "responses": {"200": {"description": "per-event results", **_json({"type": "object", "properties": {
                 "accepted": {"type": "integer"}, "rejected": {"type": "integer"},
                 "results": {"type": "array", "items": {"type": "object", "properties": {
                     "index": {"type": "integer"}, "status": {"type": "string",
                                                              "enum": ["accepted", "rejected", "failed"]},
                     "reason": {"type": "string"}, "detail": {"type": "string"}}}}}})},
-                "400": {"description": "not a JSON array of events", **_json(_ERROR)},
-                "413": {"description": "body or batch too large"}}}},
+                "400": {"description": "invalid_json (not JSON) or invalid_body (not a non-empty array of "
+                                       "events)", **_json(_ERROR)},
+                "413": {"description": f"body_too_large (over {MAX_BODY_BYTES} bytes) or too_many_events",
+                        **_json(_ERROR)},
+                "503": {"description": "kafka_unavailable", **_json(_ERROR)}}}},
         "/healthz": {"get": {"summary": "liveness", "responses": {"200": {"description": "alive"}}}},
         "/readyz": {"get": {"summary": "ready: partitions assigned, tables recovered, model loaded",
                             "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},

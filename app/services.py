@@ -32,7 +32,7 @@ def recall_for(settings: Settings, model: ModelVersion) -> MilvusRecall:
     if not settings.milvus_uri:
         settings.milvus_lite_path.parent.mkdir(parents=True, exist_ok=True)
     recall = MilvusRecall(uri, f"{settings.milvus_collection}_{suffix}", model.dim,
-                          token=settings.milvus_token.get_secret_value())
+                          token=settings.milvus_token.get_secret_value(), timeout_s=settings.recall_timeout_s)
     try:
         loaded = recall.count()
     except MilvusException:  # no collection for this version yet

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     milvus_token: SecretStr = SecretStr("")
     milvus_collection: str = "streamrec_items"
     recall_k: int = Field(200, ge=1, le=16384)
+    recall_timeout_s: float = Field(2.0, gt=0, description="deadline of one Milvus recall search (and availability "
+                                    "lookup); past it the batch is served from popularity, flagged in reason")
     list_size: int = Field(20, ge=1, le=500)
 
     # --- Storage -----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 events/s from the stats table, freshness of recent lists, CTR/conversion per scene and model version
 and the scene distribution from the feedback windows (open and recently closed). `/dashboard/users/{id}`
 is the user lookup: recent interactions, current scene and the latest list with its reasons.
+Errors are JSON ``{"error", "detail"}`` (app/web.py), which the page shows as the lookup's answer.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from app.api import valid_user_id
 from app.counters import totals
 from app.faust_app import StreamRec
 from models.feedback import WindowMetrics, percentile
@@ -85,9 +85,7 @@ def dashboard_routes(sr: StreamRec) -> list[web.RouteDef]:
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def user(request: web.Request) -> web.Response:
-        user_id = request.match_info["user_id"]
-        if not valid_user_id(user_id):
-            return web.json_response({"error": "invalid_user_id", "detail": "malformed user id"}, status=400)
+        user_id = request.match_info["user_id"]  # checked by app/web.py's middleware (400 if malformed)
         store = sr.extras.get("store")
         if store is None:
             return web.json_response({"error": "not_ready", "detail": "store not open"}, status=503)
