@@ -206,8 +206,9 @@ class Cluster:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
             return {user: orjson.loads(payload) for user, payload in db.execute("SELECT user_id, payload FROM profiles")}
 
-    def explain_stale(self, users: Iterable[str]) -> str:
-        """Why stored profiles lag: each user's events partition, newest list published, errors logged."""
+    def explain_stale(self, users: Iterable[str], worker: WorkerProcess | None = None) -> str:
+        """Why stored profiles lag: each user's events partition, newest list published, the worker's
+        table row (is the table behind too, or only the store?), errors and rebalances logged."""
         users = set(users)
         partition: dict[str, set[int]] = {}
         for message in self.read_topic(topics.EVENTS):
@@ -222,7 +223,8 @@ class Cluster:
         stored = self.stored_profiles()
         lines = [f"{u}: events partitions {sorted(partition.get(u, ()))}, lists published {len(lists.get(u, []))}, "
                  f"newest (generated_at, source_ts) {max(lists.get(u, [(0, 0)]))}, stored clock_ms "
-                 f"{stored.get(u, {}).get('clock_ms')}" for u in sorted(users)]
+                 f"{stored.get(u, {}).get('clock_ms')}" + (f", table {table_row(worker, u)}" if worker else "")
+                 for u in sorted(users)]
         log = (self.data_dir / "worker.log").read_text(errors="replace").splitlines()
         worrying = [line for line in log if re.search(r"ERROR|Traceback|crash|rebalanc|revok|assigned", line, re.IGNORECASE)]
         return "\n".join(lines + ["worker log lines about errors and rebalances:"] + worrying[-60:])
@@ -230,6 +232,15 @@ class Cluster:
     def delivered_events(self) -> list[UserEvent]:
         """streamrec.events as the profile agent reads it: per partition, in offset order."""
         return [_decode_event(m.value) for m in self.read_topic(topics.EVENTS)]
+
+
+def table_row(worker: WorkerProcess, user_id: str) -> str:
+    """accepted and clock_ms of the user's profile in the worker's table (or why there is none)."""
+    response = worker.get(f"/users/{user_id}/state")
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}"
+    profile = response.json().get("profile") or {}
+    return f"accepted {profile.get('accepted')} clock_ms {profile.get('clock_ms')}"
 
 
 @pytest.fixture(scope="session")

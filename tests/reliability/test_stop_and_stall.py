@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from app.process import WorkerProcess
 from tests.reliability.conftest import Cluster, report, scale, shop_events
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
@@ -28,7 +29,7 @@ def sigterm(worker, limit_s: float = STOP_LIMIT_S) -> tuple[int | None, float]:
     return code, time.monotonic() - t0
 
 
-def assert_all_accepted(cluster: Cluster, events: list, stats: dict) -> None:
+def assert_all_accepted(cluster: Cluster, events: list, stats: dict, worker: WorkerProcess) -> None:
     assert stats["profile.accepted"] == len(events)
     assert stats["ingest.consumed"] == stats["profile.accepted"] + stats.get("profile.duplicates", 0) + \
         stats.get("ingest.deadlettered", 0)
@@ -37,7 +38,7 @@ def assert_all_accepted(cluster: Cluster, events: list, stats: dict) -> None:
     for event in events:
         per_user[event.user_id] = per_user.get(event.user_id, 0) + 1
     stale = {u for u in per_user if u in stored and stored[u]["accepted"] != per_user[u]}
-    assert not stale, f"{len(stale)} users' stored profiles miss events:\n{cluster.explain_stale(stale)}"
+    assert not stale, f"{len(stale)} users' stored profiles miss events:\n{cluster.explain_stale(stale, worker)}"
     assert set(stored) >= set(per_user)
 
 
@@ -56,7 +57,7 @@ def test_sigterm_during_load_exits_in_time_and_loses_nothing(cluster: Cluster) -
     again.wait_ready(timeout_s=180)
     cluster.wait_drained(again)
     stats = again.stats()
-    assert_all_accepted(cluster, events, stats)
+    assert_all_accepted(cluster, events, stats, again)
     report("SIGTERM under load", injected=1, events_sent=len(events), events_accounted=stats["profile.accepted"],
            state_mismatches=0, exit_code=code, stop_s=round(stop_s, 1),
            reforwarded=stats.get("profile.redelivered", 0))
@@ -80,7 +81,7 @@ def test_sigterm_with_the_broker_frozen_still_exits(cluster: Cluster) -> None:
     again.wait_ready(timeout_s=180)
     cluster.wait_drained(again)
     stats = again.stats()
-    assert_all_accepted(cluster, events, stats)
+    assert_all_accepted(cluster, events, stats, again)
     report("SIGTERM with broker frozen", injected=1, events_sent=len(events),
            events_accounted=stats["profile.accepted"], state_mismatches=0, exit_code=code, stop_s=round(stop_s, 1))
 
@@ -102,6 +103,6 @@ def test_broker_frozen_for_20s_worker_survives_and_loses_nothing(cluster: Cluste
     recovery_s = time.monotonic() - thawed
     assert worker.proc is not None and worker.proc.poll() is None and worker.proc.pid == pid
     stats = worker.stats()
-    assert_all_accepted(cluster, events, stats)
+    assert_all_accepted(cluster, events, stats, worker)
     report("broker SIGSTOP 20 s", injected=1, events_sent=len(events), events_accounted=stats["profile.accepted"],
            state_mismatches=0, recovery_s=round(recovery_s, 1), drain_s=round(drain_s, 1))
