@@ -87,7 +87,9 @@ def build_runtime(settings: Settings) -> StreamRec:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,  # our own aiohttp server (app.web) serves /healthz, /readyz, /metrics
         table_standby_replicas=0,
-        stream_wait_empty=False,
+        # Rebalances wait for the batches in flight: a batch still running on a revoked partition reads
+        # its table after the store dropped that partition and would write a reset row (app/shutdown.py).
+        stream_wait_empty=True,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         # Tansu keeps a join open for the whole rebalance timeout before it answers a lone member;
