@@ -43,6 +43,17 @@ def scale(reduced: int, full: int) -> int:
     return full if FULL else reduced
 
 
+FULL_TIMEOUT_S = 4 * 3600  # per test at full scale; pyproject's 900 s is for the reduced sizes
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """At full scale a test replays 10-100x the events: give it hours, not pyproject's 15 minutes."""
+    if FULL:
+        for item in items:
+            if item.get_closest_marker("reliability") and not item.get_closest_marker("timeout"):
+                item.add_marker(pytest.mark.timeout(FULL_TIMEOUT_S))
+
+
 def report(fault: str, **figures: object) -> None:
     """Print a measured row (pytest -s shows it) and append it to the report file if one is named."""
     row = {"fault": fault, "scale": "full" if FULL else "reduced", **figures}
