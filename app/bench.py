@@ -127,24 +127,26 @@ async def produce_at_rate(bootstrap: str, events: Sequence[UserEvent], rate: flo
 
 
 async def raw_consume(bootstrap: str, n: int) -> float:
-    """The ceiling: aiokafka getmany over the input topics, no processing (events/s, first to last)."""
+    """The ceiling: aiokafka getmany over the input topics, no processing (events/s).
+
+    Timed from the first fetch request, not from the first answer: with few events the first answer
+    can hold them all, and timing from it measured only the loop (11.5M ev/s for 10,000 events).
+    """
     consumer = AIOKafkaConsumer(*topics.INPUT_TOPICS, bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
-    seen, first = 0, None
+    seen = 0
+    started = time.perf_counter()
     try:
         deadline = time.monotonic() + 120
         while seen < n and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            got = sum(len(b) for b in batches.values())
-            if got and first is None:
-                first = time.perf_counter()
-            seen += got
+            seen += sum(len(b) for b in batches.values())
     finally:
         await consumer.stop()
-    if first is None or seen < n:
+    if seen < n:
         raise RuntimeError(f"raw consumer read {seen} of {n} events")
-    return n / max(time.perf_counter() - first, 1e-9)
+    return n / max(time.perf_counter() - started, 1e-9)
 
 
 async def read_recommendations(bootstrap: str, since_ms: int, timeout_s: float = 10.0) -> list[Recommendation]:
