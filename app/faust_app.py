@@ -99,6 +99,8 @@ def build_runtime(settings: Settings) -> StreamRec:
         broker_heartbeat_interval=1.0,
     )
 
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms  # read by app.highwater.ExactHighwaterThread
+
     def topic(name: str) -> faust.TopicT:
         return app.topic(name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
 

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     refresh_batch: int = Field(256, ge=1, description="max users re-embedded per micro-batch")
     refresh_within_s: float = Field(0.1, gt=0)
     rebalance_timeout_s: float = Field(3.0, gt=0, description="Faust broker_rebalance_timeout")
+    fetch_max_wait_ms: int = Field(100, ge=1, le=60_000, description="longest a worker's fetch waits for data; "
+                                   "Tansu holds a fetch this long even when data arrives (app/highwater.py)")
     faust_fastpath: bool = Field(True, description="direct per-message delivery (app/fastpath.py)")
     max_message_bytes: int = Field(1_000_000, ge=1024, description="larger input is dead-lettered")
     max_order_items: int = Field(1000, ge=1)
