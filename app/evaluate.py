@@ -68,6 +68,7 @@ JSON_SYSTEM_ORDER = (
     "streamrec_no_decay",
     "streamrec_no_scene",
     "streamrec_no_encoder",
+    "streamrec_no_resurface",
 )
 
 Metrics = dict[str, float | int | None]

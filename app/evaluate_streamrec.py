@@ -20,6 +20,9 @@ Ablations share one trained model version and one Milvus collection (same traini
 for trending), ``streamrec_no_scene`` has no scene model (rules only) and re-ranks every user as
 browsing (``use_scene=False``), ``streamrec_no_encoder`` queries Milvus with the interest-weighted
 mean of the recent item vectors instead of the learned encoder (``use_encoder=False``).
+``streamrec_no_resurface`` is the full system with every item the user already touched (any earlier
+event, training period included) excluded from the list, like the bought items: it measures what
+re-surfacing viewed items is worth (``resurface=False``).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from models.recall import MilvusRecall
 from models.recommender import Recommender, RecommenderOptions, UserRequest
 from models.rerank import RerankParams
 from models.scene import SceneModel, SceneModelMetrics, rule_scene
-from schemas.events import UserEvent
+from schemas.events import UserEvent, event_items
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class Variant:
     decay: bool = True
     use_scene: bool = True
     use_encoder: bool = True
+    resurface: bool = True  # False: items of the user's earlier events are never listed
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -67,6 +71,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("streamrec_no_decay", decay=False),
     Variant("streamrec_no_scene", use_scene=False),
     Variant("streamrec_no_encoder", use_encoder=False),
+    Variant("streamrec_no_resurface", resurface=False),
 )
 
 
@@ -155,6 +160,7 @@ class StreamRecSystem:
         self.recommender = Recommender(None, None, self.trending, self.options, self.rerank_params)
         self.profiles: dict[str, UserProfile] = {}
         self._pending: set[str] = set()
+        self._seen: dict[str, set[str]] = {}  # every item of each user's events (resurface=False only)
         self._lists: dict[str, tuple[str, ...]] = {}
         self._cold: tuple[int, tuple[str, ...]] | None = None
         self.refreshes = 0
@@ -175,6 +181,8 @@ class StreamRecSystem:
         if not applied.duplicate:
             self.trending.observe_event(event)
             self._pending.add(event.user_id)
+            if not self.variant.resurface:
+                self._seen.setdefault(event.user_id, set()).update(item for item, _ in event_items(event))
 
     def recommend(self, user_id: str, k: int, now_ms: int) -> Served:
         profile = self.profiles.get(user_id)
@@ -187,7 +195,8 @@ class StreamRecSystem:
 
     # --- internals ------------------------------------------------------------------------------
     def _refresh(self, profiles: list[UserProfile], now_ms: int) -> None:
-        results = self.recommender.recommend([UserRequest(p) for p in profiles], now_ms)
+        requests = [UserRequest(p, exclude=frozenset(self._seen.get(p.user_id, ()))) for p in profiles]
+        results = self.recommender.recommend(requests, now_ms)
         for result in results:
             self._lists[result.user_id] = tuple(r.item_id for r in result.items)
             self._pending.discard(result.user_id)

@@ -83,22 +83,24 @@ class RerankParams:
     """Per-scene weights. Browsing explores (popularity, diversity), shopping focuses on the current
     categories and on items already viewed, post_purchase looks for complements of the order."""
 
-    # Warm scenes: learnt on a validation split of the TRAINING period of the user-history Taobao
-    # file (last quarter of it; never the evaluated days) by comparing a few blends (docs/EVALUATION.md):
-    # the user's own items and session co-occurrence carry the ranking; diversity (mmr_lambda < 1)
-    # cost hit rate there, so it is off until a diversity target says otherwise. Post-purchase still
-    # drops the order's substitutes.
+    # Warm scenes: chosen on validation splits of the TRAINING periods of BOTH Taobao files (the
+    # last quarter of each; never the evaluated days) by comparing blends with scripts/tune_rerank.py
+    # (docs/EVALUATION.md): the user's own items and session co-occurrence carry the ranking; the raw
+    # decayed item weight (``item``) and diversity (mmr_lambda < 1) cost MRR / hit rate there, so they
+    # are off. Post-purchase keeps the order's substitutes at half weight: excluding them cost hit
+    # rate on both files, and 0.5 scored at least as well as 0.25, 0.75 and 1 (no down-weighting).
+    # How history candidates are ordered is a RecommenderOptions choice (history_order).
     browsing: SceneWeights = SceneWeights(
-        recall=0.2, popularity=0.05, category=0.1, item=0.5, focus_boost=0.0, mmr_lambda=1.0,
-        substitute_factor=1.0, history=3.0, cooccur=1.5, ann=0.2,
+        recall=0.2, popularity=0.05, category=0.1, item=0.0, focus_boost=0.0, mmr_lambda=1.0,
+        substitute_factor=1.0, history=3.0, cooccur=2.0, ann=0.2,
     )
     shopping: SceneWeights = SceneWeights(
-        recall=0.2, popularity=0.05, category=0.1, item=0.5, focus_boost=0.0, mmr_lambda=1.0,
-        substitute_factor=1.0, history=3.0, cooccur=1.5, ann=0.2,
+        recall=0.2, popularity=0.05, category=0.1, item=0.0, focus_boost=0.0, mmr_lambda=1.0,
+        substitute_factor=1.0, history=3.0, cooccur=2.0, ann=0.2,
     )
     post_purchase: SceneWeights = SceneWeights(
-        recall=0.2, popularity=0.05, category=0.1, item=0.5, focus_boost=0.0, mmr_lambda=1.0,
-        substitute_factor=0.0, history=3.0, cooccur=1.5, ann=0.2,
+        recall=0.2, popularity=0.05, category=0.1, item=0.0, focus_boost=0.0, mmr_lambda=1.0,
+        substitute_factor=0.5, history=3.0, cooccur=2.0, ann=0.2,
     )
     cold: SceneWeights = SceneWeights(
         recall=0.5,

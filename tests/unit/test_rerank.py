@@ -48,7 +48,7 @@ def test_post_purchase_excludes_bought_item_and_substitutes_but_keeps_complement
         ann("charger", 0.8, "chargers", anchor="bought"),
     ]
     c = ctx("post_purchase", cats={"phones": 1.0}, purchased={"bought"}, pcats={"phones"})
-    out = rerank(cands, c, k=10)
+    out = rerank(cands, c, k=10, params=DESIGNED)  # substitute_factor 0: substitutes excluded
     assert [r.item_id for r in out] == ["case", "charger"]
     assert all(r.reason == "goes with your purchase of bought" for r in out)
     # A softer setting keeps substitutes, but below the complements.
@@ -65,6 +65,10 @@ def test_post_purchase_excludes_bought_item_and_substitutes_but_keeps_complement
     )
     ids = [r.item_id for r in rerank(cands, c, k=10, params=soft)]
     assert "bought" not in ids and ids[-1] == "phone2"
+    # The shipped blend down-weights substitutes (chosen on validation data, docs/EVALUATION.md):
+    # kept, below the complements; the bought item itself never comes back.
+    assert 0.0 < RerankParams().post_purchase.substitute_factor < 1.0
+    assert [r.item_id for r in rerank(cands, c, k=10)] == ["case", "charger", "phone2"]
 
 
 def test_mmr_increases_category_diversity_in_browsing() -> None:
