@@ -59,7 +59,7 @@ class ExactHighwaterThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     Tansu does not answer a waiting fetch when data arrives: it holds it for the whole wait
     (measured: p50 486 ms per hop at 1,500 ms, 17 ms at 100 ms). A list passes three such hops
-    (input -> ingest -> profile -> refresh), so the wait was most of a list's freshness.
+    (input -> ingest -> profile -> refresh), so the wait is a large part of a list's freshness.
     """
 
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:

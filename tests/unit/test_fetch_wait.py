@@ -25,5 +25,5 @@ def test_fetch_wait_comes_from_the_settings(tmp_path) -> None:
     assert _worker_consumer_wait_ms(settings) == 123
 
 
-def test_default_fetch_wait_is_short_for_tansu(tmp_path) -> None:
-    assert _worker_consumer_wait_ms(Settings(kafka_bootstrap="127.0.0.1:9", data_dir=tmp_path)) == 100
+def test_default_fetch_wait_is_fausts_own(tmp_path) -> None:
+    assert _worker_consumer_wait_ms(Settings(kafka_bootstrap="127.0.0.1:9", data_dir=tmp_path)) == 1500
