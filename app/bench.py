@@ -435,7 +435,7 @@ def stage_costs(cfg: BenchConfig, model_dir: Path, workdir: Path, bootstrap: str
     ctx = RerankContext(scene=profile.scene, category_weights=profile.category_weights(),
                         item_weights=profile.item_weights(), purchased=profile.exclusions(),
                         purchased_categories=profile.last_order_categories(), recently_shown=frozenset(),
-                        popularity=trending.score, now_ms=now_ms)
+                        popularity=trending.scores, now_ms=now_ms)
     out["rerank_users_per_s"] = per_s(1, lambda: rerank(cands, ctx, settings.list_size))
 
     record = msgspec.json.encode(Recommendation(rec_id="r", user_id="u", version=1, generated_at=now_ms,

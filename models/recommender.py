@@ -110,41 +110,44 @@ class Recommender:
         candidates with several blends."""
         if not requests:
             return [], False
-        ann, fallback = self._ann_candidates(requests)
+        scenes = [r.profile.scene if self.options.use_scene else "browsing" for r in requests]
+        weights = [(r.profile.category_weights(), r.profile.item_weights()) for r in requests]
+        with_vectors = [self._needs_vectors(scene, bool(cw or iw)) for scene, (cw, iw) in zip(scenes, weights)]
+        ann, fallback = self._ann_candidates(requests, with_vectors)
         out = []
-        for request, ann_hits in zip(requests, ann, strict=True):
+        for request, ann_hits, scene, (cw, iw), vectors in zip(
+                requests, ann, scenes, weights, with_vectors, strict=True):
             profile = request.profile
-            scene = profile.scene if self.options.use_scene else "browsing"
-            candidates = ann_hits + self._history(profile) + self._cooccur(profile) + self._popular(profile)
+            candidates = (ann_hits + self._history(profile, vectors) + self._cooccur(profile, vectors)
+                          + self._popular(profile, vectors))
             ctx = RerankContext(
                 scene=scene,
-                category_weights=profile.category_weights(),
-                item_weights=profile.item_weights(),
+                category_weights=cw,
+                item_weights=iw,
                 purchased=profile.exclusions() | request.exclude,
                 purchased_categories=profile.last_order_categories(),
                 recently_shown=request.recently_shown,
-                popularity=self.trending.score,
+                popularity=self.trending.scores,
                 now_ms=now_ms,
             )
             out.append(Prepared(profile, scene, candidates, ctx))
         return out, fallback
 
     # --- candidate sources ---------------------------------------------------------------------
-    def _vector(self, item_id: str, category: str | None) -> np.ndarray | None:
-        return self.model.vectors.vector(item_id, category) if self.model else None
+    def _vector(self, item_id: str, category: str | None, wanted: bool = True) -> np.ndarray | None:
+        return self.model.vectors.vector(item_id, category) if wanted and self.model else None
 
-    def _personal_vector(self, item_id: str, category: str | None) -> np.ndarray | None:
-        """A vector for a candidate that only warm users get (ann, history, cooccur): looked up only
-        when some warm scene diversifies with MMR, since vectors serve nothing else in re-ranking.
-        Skipping 200+ lookups per user was a sixth of the refresh agent's time (py-spy, demo run)."""
-        return self._vector(item_id, category) if self._warm_mmr else None
+    def _needs_vectors(self, scene: str, surely_warm: bool) -> bool:
+        """Whether this user's candidates need item vectors: only MMR diversity (lambda < 1) uses
+        them, and a user with interests is never re-ranked as cold. Skipping the 200-400 lookups per
+        user otherwise was a sixth of the refresh agent's time (py-spy, demo run); the list is the
+        same either way."""
+        params = self.rerank_params
+        return params.for_scene(scene, False).mmr_lambda < 1.0 or (
+            not surely_warm and params.for_scene(scene, True).mmr_lambda < 1.0)
 
-    @property
-    def _warm_mmr(self) -> bool:
-        return any(self.rerank_params.for_scene(scene, False).mmr_lambda < 1.0
-                   for scene in ("browsing", "shopping", "post_purchase"))
-
-    def _ann_candidates(self, requests: Sequence[UserRequest]) -> tuple[list[list[Candidate]], bool]:
+    def _ann_candidates(self, requests: Sequence[UserRequest],
+                        with_vectors: Sequence[bool]) -> tuple[list[list[Candidate]], bool]:
         empty: list[list[Candidate]] = [[] for _ in requests]
         if self.model is None or self.recall is None:
             return empty, False
@@ -160,8 +163,9 @@ class Recommender:
             return empty, True
         for row, i in enumerate(warm):
             anchor = max(histories[i], key=lambda h: h[2])[0]
+            wanted = with_vectors[i]
             empty[i] = [Candidate(h.item_id, float(h.score), "ann", h.category,
-                                  self._personal_vector(h.item_id, h.category), anchor) for h in hits[row]]
+                                  self._vector(h.item_id, h.category, wanted), anchor) for h in hits[row]]
         return empty, False
 
     def _user_vectors(self, histories: list, profiles: list[UserProfile]) -> np.ndarray:
@@ -174,7 +178,7 @@ class Recommender:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return (pooled / np.maximum(norms, 1e-9)).astype(np.float32)
 
-    def _history(self, profile: UserProfile) -> list[Candidate]:
+    def _history(self, profile: UserProfile, with_vectors: bool = False) -> list[Candidate]:
         """The user's items scored ``1 / (1 + rank) ** history_rank_power`` (``history_order``).
 
         A rank, not the weight itself: with a short half-life, yesterday's items have weights
@@ -200,11 +204,11 @@ class Recommender:
         rank_2 = {item: rank for rank, (item, _, _) in enumerate(second)}
         return [
             Candidate(item, (1.0 - share) / (1.0 + rank_w[item]) ** power + share / (1.0 + rank_2[item]) ** power,
-                      "history", category, self._personal_vector(item, category), item)
+                      "history", category, self._vector(item, category, with_vectors), item)
             for item, category, _ in recent
         ]
 
-    def _cooccur(self, profile: UserProfile) -> list[Candidate]:
+    def _cooccur(self, profile: UserProfile, with_vectors: bool = False) -> list[Candidate]:
         """Items related to the newest history items, newest weighted most (1, 1/2, 1/3, ...)."""
         related = getattr(self.trending, "related", None)
         n = self.options.cooccur_candidates
@@ -223,16 +227,18 @@ class Recommender:
         out = []
         for item, score in best:
             category = self.trending.category_of(item)
-            out.append(Candidate(item, score, "cooccur", category, self._personal_vector(item, category),
+            out.append(Candidate(item, score, "cooccur", category, self._vector(item, category, with_vectors),
                                  anchors[item][1]))
         return out
 
-    def _popular(self, profile: UserProfile) -> list[Candidate]:
+    def _popular(self, profile: UserProfile, with_vectors: bool = False) -> list[Candidate]:
         out = []
         for category, _ in profile.top_categories(self.options.top_categories):
             for item, score in self.trending.top_in_category(category, self.options.category_candidates):
-                out.append(Candidate(item, score, "category", category, self._vector(item, category), None))
+                out.append(Candidate(item, score, "category", category,
+                                     self._vector(item, category, with_vectors), None))
         for item, score in self.trending.top(self.options.trending_candidates):
             category = self.trending.category_of(item)
-            out.append(Candidate(item, score, "trending", category, self._vector(item, category), None))
+            out.append(Candidate(item, score, "trending", category,
+                                 self._vector(item, category, with_vectors), None))
         return out

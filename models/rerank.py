@@ -55,7 +55,8 @@ class RerankContext:
     purchased: frozenset[str]
     purchased_categories: frozenset[str]  # categories of the latest order: substitutes in post_purchase
     recently_shown: frozenset[str]
-    popularity: Callable[[str], float] | Mapping[str, float]
+    # item id -> popularity: a mapping, or a batch lookup of many ids at once (``Trending.scores``)
+    popularity: Callable[[Sequence[str]], Sequence[float]] | Mapping[str, float]
     now_ms: int
 
 
@@ -143,9 +144,12 @@ class Ranked:
 
 def _merge(candidates: Sequence[Candidate]) -> list[Candidate]:
     best: dict[str, Candidate] = {}
+    priority = _SOURCE_PRIORITY
     for cand in candidates:
         old = best.get(cand.item_id)
-        if old is None or _better(cand, old):
+        if old is None:
+            best[cand.item_id] = cand
+        elif (priority.get(cand.source, 9), -cand.score) < (priority.get(old.source, 9), -old.score):
             best[cand.item_id] = _with_fallbacks(cand, old)
         elif (old.category is None and cand.category is not None) or (
             old.vector is None and cand.vector is not None
@@ -154,13 +158,8 @@ def _merge(candidates: Sequence[Candidate]) -> list[Candidate]:
     return [best[key] for key in sorted(best)]
 
 
-def _better(a: Candidate, b: Candidate) -> bool:
-    pa, pb = _SOURCE_PRIORITY.get(a.source, 9), _SOURCE_PRIORITY.get(b.source, 9)
-    return (pa, -a.score) < (pb, -b.score)
-
-
-def _with_fallbacks(main: Candidate, other: Candidate | None) -> Candidate:
-    if other is None or (main.category is not None and main.vector is not None):
+def _with_fallbacks(main: Candidate, other: Candidate) -> Candidate:
+    if main.category is not None and main.vector is not None:
         return main
     return Candidate(
         main.item_id,
@@ -173,27 +172,38 @@ def _with_fallbacks(main: Candidate, other: Candidate | None) -> Candidate:
 
 
 def _scaled_by_source(cands: Sequence[Candidate]) -> np.ndarray:
-    out = np.zeros(len(cands))
-    by_source: dict[str, list[int]] = {}
-    for i, cand in enumerate(cands):
-        by_source.setdefault(cand.source, []).append(i)
-    for idx in by_source.values():
-        raw = np.array([cands[i].score for i in idx], dtype=float)
-        lo, hi = float(raw.min()), float(raw.max())
-        if lo >= 0:
-            out[idx] = raw / hi if hi > 0 else 1.0  # keep ratios (similarities, counts)
-        else:
-            out[idx] = (raw - lo) / (hi - lo) if hi > lo else 1.0
+    """Each score scaled to [0, 1] within its source: divided by the source's best when all are
+    non-negative (keeps ratios of similarities and counts), min-max otherwise."""
+    scores = np.array([c.score for c in cands], dtype=float)
+    index: dict[str, int] = {}
+    codes = np.array([index.setdefault(c.source, len(index)) for c in cands])
+    out = np.empty(len(cands))
+    if len(index) == 1:
+        out[:] = _scaled(scores)
+        return out
+    for code in range(len(index)):
+        mask = codes == code
+        out[mask] = _scaled(scores[mask])
     return out
 
 
-def _evidence(candidates: Sequence[Candidate]) -> dict[str, dict[str, float]]:
-    """Per source, each item's score scaled to [0, 1] within that source (before the merge)."""
-    scaled = _scaled_by_source(candidates)
-    out: dict[str, dict[str, float]] = {}
-    for cand, value in zip(candidates, scaled, strict=True):
-        per = out.setdefault(cand.source, {})
-        per[cand.item_id] = max(per.get(cand.item_id, 0.0), float(value))
+def _scaled(raw: np.ndarray) -> np.ndarray | float:
+    lo, hi = float(raw.min()), float(raw.max())
+    if lo >= 0:
+        return raw / hi if hi > 0 else 1.0
+    return (raw - lo) / (hi - lo) if hi > lo else 1.0
+
+
+def _evidence(candidates: Sequence[Candidate], sources: frozenset[str]) -> dict[str, dict[str, float]]:
+    """For each of ``sources``, each item's best score scaled to [0, 1] within that source (before
+    the merge, so an item keeps the evidence of every source that brought it)."""
+    out: dict[str, dict[str, float]] = {source: {} for source in sources}
+    if not sources:
+        return out
+    for cand, value in zip(candidates, _scaled_by_source(candidates).tolist(), strict=True):
+        per = out.get(cand.source)
+        if per is not None and value > per.get(cand.item_id, 0.0):
+            per[cand.item_id] = value
     return out
 
 
@@ -206,7 +216,7 @@ def _norm_lookup(weights: Mapping[str, float], keys: Sequence[str | None]) -> np
 
 def _popularity(ctx: RerankContext, items: Sequence[str]) -> np.ndarray:
     lookup = ctx.popularity
-    raw = [lookup(i) if callable(lookup) else lookup.get(i, 0.0) for i in items]
+    raw = lookup(items) if callable(lookup) else [lookup.get(i, 0.0) for i in items]
     logs = np.log1p(np.maximum(np.array(raw, dtype=float), 0.0))
     top = float(logs.max(initial=0.0))
     return logs / top if top > 0 else logs
@@ -289,8 +299,9 @@ def rerank(
     k: int,
     params: RerankParams = RerankParams(),
 ) -> list[Ranked]:
-    """The final list of at most ``k`` items for ``ctx.scene``, best first, each with a reason."""
-    evidence = _evidence(candidates)
+    """The final list of at most ``k`` items for ``ctx.scene``, best first, each with a reason.
+
+    Terms whose weight is zero are not computed (each is finite, so the sum is the same)."""
     cands = [c for c in _merge(candidates) if c.item_id not in ctx.purchased]
     cold = (
         not ctx.category_weights
@@ -314,16 +325,19 @@ def rerank(
     }
     in_focus = np.array([c in focus for c in cats])
     cat_interest = _norm_lookup(ctx.category_weights, cats)
-    rel = (
-        weights.recall * _scaled_by_source(cands)
-        + weights.popularity * _popularity(ctx, items)
-        + weights.category * cat_interest
-        + weights.item * _norm_lookup(ctx.item_weights, items)
-        + weights.focus_boost * in_focus * np.maximum(cat_interest, 0.5)
-    )
-    for source, weight in (("history", weights.history), ("cooccur", weights.cooccur), ("ann", weights.ann)):
+    rel = weights.recall * _scaled_by_source(cands)
+    if weights.popularity:
+        rel = rel + weights.popularity * _popularity(ctx, items)
+    rel = rel + weights.category * cat_interest
+    if weights.item:
+        rel = rel + weights.item * _norm_lookup(ctx.item_weights, items)
+    if weights.focus_boost:
+        rel = rel + weights.focus_boost * in_focus * np.maximum(cat_interest, 0.5)
+    blended = {"history": weights.history, "cooccur": weights.cooccur, "ann": weights.ann}
+    evidence = _evidence(candidates, frozenset(source for source, weight in blended.items() if weight))
+    for source, weight in blended.items():
         if weight:
-            scaled = evidence.get(source, {})
+            scaled = evidence[source]
             rel = rel + weight * np.array([scaled.get(item, 0.0) for item in items])
     if weights.substitute_factor < 1:
         rel *= np.array(
@@ -332,7 +346,8 @@ def rerank(
                 for c in cats
             ]
         )
-    rel *= np.array([params.shown_penalty if i in ctx.recently_shown else 1.0 for i in items])
+    if ctx.recently_shown:
+        rel *= np.array([params.shown_penalty if i in ctx.recently_shown else 1.0 for i in items])
     top = float(rel.max())
     rel = rel / top if top > 0 else rel
 

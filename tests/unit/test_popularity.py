@@ -111,3 +111,13 @@ def test_cached_top_lists_stay_exact_under_updates_and_prunes() -> None:
             for c in range(4):
                 table = t._by_cat.get(f"c{c}", {})
                 assert [k for k, _ in t.top_in_category(f"c{c}", 256)] == _ranked(table, 256)
+
+
+def test_batch_scores_equal_single_scores() -> None:
+    """``scores`` (the re-ranker's batch lookup) gives exactly ``score`` of each item."""
+    t = Trending(half_life_s=3600.0)
+    for i, item in enumerate(["a", "b", "a", "c"]):
+        t.observe(item, "c1", T0 + i * 600_000)
+    items = ["a", "b", "c", "unknown"]
+    assert t.scores(items) == [t.score(i) for i in items]
+    assert t.scores(items, now_ms=T0 + 5 * HOUR) == [t.score(i, now_ms=T0 + 5 * HOUR) for i in items]

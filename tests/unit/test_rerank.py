@@ -199,3 +199,14 @@ def test_evidence_from_several_sources_adds_up_and_cooccur_has_a_reason() -> Non
     out = rerank(cands, ctx("browsing"), k=3)
     assert out[0].item_id == "both"
     assert {r.item_id: r.reason for r in out}["co_only"] == "often viewed together with item hist_only you viewed"
+
+
+def test_popularity_as_batch_lookup_ranks_like_a_mapping() -> None:
+    """``RerankContext.popularity`` may be a mapping or a batch lookup (``Trending.scores``)."""
+    pop = {"t1": 9.0, "t2": 3.0, "t3": 1.0}
+    cands = [Candidate(i, s, "trending", "c1") for i, s in pop.items()] + [ann("a1", 0.9, "c2")]
+    as_map = rerank(cands, ctx(cats={"c2": 1.0}, pop=pop), k=4, params=DESIGNED)
+    batch = ctx(cats={"c2": 1.0}, pop=lambda items: [pop.get(i, 0.0) for i in items])
+    assert rerank(cands, batch, k=4, params=DESIGNED) == as_map
+    trending = [r.item_id for r in as_map if r.item_id.startswith("t")]
+    assert trending == ["t1", "t2", "t3"]
