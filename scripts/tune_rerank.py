@@ -118,6 +118,16 @@ CONFIGS: dict[str, tuple[dict, RerankParams]] = {
     "MS50_all": (mixed(0.5, order="mixed_session"), f(0.5, item=0.0, cooccur=2.0)),
     "MS70_all": (mixed(0.7, order="mixed_session"), f(0.5, item=0.0, cooccur=2.0)),
     "MS70_p1_all": (mixed(0.7, 1.0, order="mixed_session"), f(0.5, item=0.0, cooccur=2.0)),
+    # round 5: recency (S-POP-like) for a history that lies inside the current session, else M50
+    "AD_p1": ({"history_order": "adaptive"}, RerankParams()),
+    "AD_p075": ({"history_order": "adaptive", "history_session_power": 0.75}, RerankParams()),
+    "AD_p15": ({"history_order": "adaptive", "history_session_power": 1.5}, RerankParams()),
+    "AD_p1_co1": ({"history_order": "adaptive"}, f(0.5, item=0.0, cooccur=1.0)),
+    "AD_p05": ({"history_order": "adaptive", "history_session_power": 0.5}, RerankParams()),
+    "AD_p075_h4": ({"history_order": "adaptive", "history_session_power": 0.75},
+                   f(0.5, item=0.0, cooccur=2.0, history=4.0)),
+    "AD_p075_co15": ({"history_order": "adaptive", "history_session_power": 0.75},
+                     f(0.5, item=0.0, cooccur=1.5)),
 }
 
 

@@ -53,3 +53,18 @@ def test_a_request_can_exclude_items_besides_the_purchased_ones() -> None:
     request = UserRequest(profile, exclude=frozenset({"a", "c"}))
     kept = {r.item_id for r in recommender.recommend([request], T0 + 7 * 3600_000)[0].items}
     assert kept == listed - {"a", "c"}
+
+
+def test_adaptive_order_ranks_a_one_session_history_by_recency_and_a_longer_one_by_the_mix() -> None:
+    # _profile() spans two sessions ("old" six hours before the rest): the mixed order applies.
+    assert _history_scores(history_order="adaptive", history_rank_power=1.0) == pytest.approx(
+        _history_scores(history_order="mixed", history_rank_power=1.0))
+    # One session (events seconds apart): by recency, with the session's own rank power.
+    profile = new_profile("u2")
+    for i, item in enumerate(["a", "b", "a", "c"]):
+        apply_event(profile, Browse(event_id=f"s-{i}", user_id="u2", ts=T0 + i * 5_000, page="product",
+                                    item_id=item, category="k"), ProfileParams(), None)
+    recommender = Recommender(None, None, Trending(),
+                              RecommenderOptions(history_order="adaptive", history_session_power=1.0))
+    scores = {c.item_id: c.score for c in recommender._history(profile)}
+    assert scores == pytest.approx({"c": 1.0, "a": 1 / 2, "b": 1 / 3})
