@@ -106,8 +106,14 @@ def build_runtime(settings: Settings) -> StreamRec:
 
     declared = {name: topic(name) for name in topics.ALL}
 
+    rocksdb = {  # bounded per table partition: memtables x 2 + the block cache (Faust's store options)
+        "write_buffer_size": settings.rocksdb_write_buffer_mb * 2**20, "max_write_buffer_number": 2,
+        "block_cache_size": settings.rocksdb_block_cache_mb * 2**20,
+        "block_cache_compressed_size": settings.rocksdb_block_cache_mb * 2**20,
+    }
+
     def table(name: str) -> faust.Table:
-        return app.Table(name, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+        return app.Table(name, key_type=bytes, value_type=bytes, partitions=settings.partitions, options=rocksdb)
 
     inputs = app.topic(*topics.INPUT_TOPICS, key_serializer="raw", value_serializer="raw",
                        partitions=settings.partitions)

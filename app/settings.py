@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(1500, ge=1, le=60_000, description="longest a worker's fetch waits for "
                                    "data; Tansu holds a fetch this long even when data arrives (app/highwater.py)")
     faust_fastpath: bool = Field(True, description="direct per-message delivery (app/fastpath.py)")
+    # Each table partition is its own RocksDB; Faust's defaults (64 MiB x 3 memtables, a 2 GiB block cache
+    # each) let a worker's memory grow with every user written until gigabytes (docs/BENCHMARKS.md).
+    rocksdb_write_buffer_mb: int = Field(8, ge=1, le=1024, description="memtable size of each table partition")
+    rocksdb_block_cache_mb: int = Field(16, ge=1, le=65536, description="read cache of each table partition")
     max_message_bytes: int = Field(1_000_000, ge=1024, description="larger input is dead-lettered")
     max_order_items: int = Field(1000, ge=1)
     max_future_skew_ms: int = Field(24 * 3600 * 1000, description="ts further ahead of wall time is rejected")
