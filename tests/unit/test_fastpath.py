@@ -40,10 +40,10 @@ def test_drained_returns_at_once_when_there_is_room() -> None:
     asyncio.run(asyncio.wait_for(drained([queue]), timeout=1.0))
 
 
-def test_runtime_uses_the_fast_consumer_unless_disabled() -> None:
+def test_runtime_uses_faust_s_own_loop_unless_the_fast_path_is_enabled() -> None:
     assert app_class(True) is StreamRecApp and issubclass(app_class(False), faust.App)
-    fast = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="fp-on"))
-    stock = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="fp-off", faust_fastpath=False))
+    fast = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="fp-on", faust_fastpath=True))
+    stock = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="fp-off"))  # the default
     assert isinstance(fast.app, StreamRecApp) and not isinstance(stock.app, StreamRecApp)
     assert type(fast.app.transport).Consumer is FastConsumer
     # fast path off: Faust's own per-message loop (wait_first per message) is the one that runs
