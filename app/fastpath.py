@@ -7,11 +7,13 @@ when a rebalance suspends the flow. Profiling a bare agent (py-spy, DESIGN.md §
 of Faust's ~200 us per message on this machine.
 
 `FastConsumer` keeps the same loop (read offsets, gap tracking, commit_every) but awaits the callback
-directly while the flow is running, and falls back to Faust's `wait_first` only when the flow is
-suspended. Nothing else changes: the same conductor, channels, streams, acks, tables and commits, so
-agents keep `stream.take_events()` and Faust tables as the programming model. A rebalance still
-interrupts a blocked callback: Faust stops the flow and then stops the fetcher, which cancels this
-task (and the awaited callback with it) before partitions are revoked.
+directly when it cannot wait (flow running, app flow control open, producer buffer under its ebb
+mark), and falls back to Faust's `wait_first` otherwise. A directly awaited callback that waited in
+`wait_until_producer_ebb` across a rebalance delivered a message of the old assignment after the new
+one had sought back to its committed offsets: full-scale crash tests lost input events that way. Nothing else changes: the same conductor, channels, streams, acks, tables and commits, so
+agents keep `stream.take_events()` and Faust tables as the programming model. A rebalance does not
+cancel this task before it revokes partitions and clears the stream queues, so only a callback that
+cannot wait may be awaited without `wait_first`.
 
 `StreamRecApp` is `faust.App` with this consumer; `build_runtime` uses it only with
 `STREAMREC_FAUST_FASTPATH=true`. Off by default: full-scale SIGKILL crash tests lost input events with
@@ -59,6 +61,14 @@ class FastConsumer(ExactHighwaterConsumer):
         def queues_of(tp: Any) -> list[Any]:
             return [channel.queue for channel in tp_index.get(tp, ())]
 
+        flow_active = self.app.flow_control.is_active
+        producer_buffer = self.app.producer.buffer
+
+        def can_deliver_now() -> bool:
+            """The conductor's callback will not wait: flow control open, producer buffer under its ebb
+            mark (the two awaits of `Conductor.on_message` before its non-blocking put)."""
+            return flow_active() and producer_buffer.size <= producer_buffer.max_messages
+
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -84,7 +94,10 @@ class FastConsumer(ExactHighwaterConsumer):
                     queues = queues_of(tp)
                     if queues and any(q.full() for q in queues):
                         await drained(queues)
-                    if suspended():
+                    if suspended() or not can_deliver_now():
+                        # The conductor's callback can wait here (app flow control suspended, or the
+                        # producer buffer over its ebb mark); a rebalance must be able to abandon it, as
+                        # Faust's loop does, or it delivers a message of the old assignment afterwards.
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                     else:
                         await callback(message)
