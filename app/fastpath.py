@@ -8,9 +8,10 @@ of Faust's ~200 us per message on this machine.
 
 `FastConsumer` keeps the same loop (read offsets, gap tracking, commit_every) but awaits the callback
 directly when it cannot wait (flow running, app flow control open, producer buffer under its ebb
-mark), and falls back to Faust's `wait_first` otherwise. A directly awaited callback that waited in
-`wait_until_producer_ebb` across a rebalance delivered a message of the old assignment after the new
-one had sought back to its committed offsets: full-scale crash tests lost input events that way. Nothing else changes: the same conductor, channels, streams, acks, tables and commits, so
+mark), and falls back to Faust's `wait_first` otherwise: a directly awaited callback that waited in
+`wait_until_producer_ebb` across a rebalance could deliver a message of the old assignment after the
+new one had sought back to its committed offsets. Full-scale crash tests still lost input events
+after that fix (1 of 2 runs), so the fast path is off by default (docs/RELIABILITY.md). Nothing else changes: the same conductor, channels, streams, acks, tables and commits, so
 agents keep `stream.take_events()` and Faust tables as the programming model. A rebalance does not
 cancel this task before it revokes partitions and clears the stream queues, so only a callback that
 cannot wait may be awaited without `wait_first`.
