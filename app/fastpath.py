@@ -8,17 +8,17 @@ of Faust's ~200 us per message on this machine.
 
 `FastConsumer` keeps the same loop (read offsets, gap tracking, commit_every) but awaits the callback
 directly when it cannot wait (flow running, app flow control open, producer buffer under its ebb
-mark), and falls back to Faust's `wait_first` otherwise: a directly awaited callback that waited in
-`wait_until_producer_ebb` across a rebalance could deliver a message of the old assignment after the
-new one had sought back to its committed offsets. Full-scale crash tests still lost input events
-after that fix (1 of 2 runs), so the fast path is off by default (docs/RELIABILITY.md). Nothing else changes: the same conductor, channels, streams, acks, tables and commits, so
-agents keep `stream.take_events()` and Faust tables as the programming model. A rebalance does not
-cancel this task before it revokes partitions and clears the stream queues, so only a callback that
-cannot wait may be awaited without `wait_first`.
+mark), and falls back to Faust's `wait_first` otherwise. A rebalance does not cancel this task
+before it revokes partitions and clears the stream queues, so a directly awaited callback that
+waited in `wait_until_producer_ebb` across one could deliver a message of the old assignment after
+the new one had sought back to its committed offsets. Nothing else changes: the same conductor,
+channels, streams, acks, tables and commits, so agents keep `stream.take_events()` and Faust tables
+as the programming model.
 
 `StreamRecApp` is `faust.App` with this consumer; `build_runtime` uses it only with
 `STREAMREC_FAUST_FASTPATH=true`. Off by default: full-scale SIGKILL crash tests lost input events with
-it (offsets committed over unprocessed messages) and not with Faust's own loop (docs/RELIABILITY.md).
+it (offsets committed over unprocessed messages; 2 of 2 runs, and 1 of 2 after the fix above) and
+never with Faust's own loop (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
