@@ -106,7 +106,9 @@ def build_runtime(settings: Settings) -> StreamRec:
 
     declared = {name: topic(name) for name in topics.ALL}
 
-    rocksdb = {  # bounded per table partition: memtables x 2 + the block cache (Faust's store options)
+    # bounded per table partition: memtables x 2 + the block cache (the compressed-block cache, used by the
+    # python-rocksdb driver only, gets the same bound); Faust's store options
+    rocksdb = {
         "write_buffer_size": settings.rocksdb_write_buffer_mb * 2**20, "max_write_buffer_number": 2,
         "block_cache_size": settings.rocksdb_block_cache_mb * 2**20,
         "block_cache_compressed_size": settings.rocksdb_block_cache_mb * 2**20,
