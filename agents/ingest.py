@@ -11,7 +11,7 @@ import hashlib
 import time
 
 from app import topics
-from app.counters import BatchCounts, counted_upto
+from app.counters import BatchCounts, OffsetRanges, counted_offsets
 from app.faust_app import StreamRec, acked_only_when_done
 from app.ledger import SOURCE_HEADER, source_id
 from schemas.validation import Rejection, decode_event, encode_event
@@ -48,14 +48,15 @@ def register(sr: StreamRec) -> None:
             with acked_only_when_done(batch):
                 now_ms = int(time.time() * 1000)
                 counts = BatchCounts("ingest")
-                upto: dict[int, dict[str, int]] = {}
+                counted: dict[int, dict[str, OffsetRanges]] = {}
                 sent = []
                 for event in batch:
                     message = event.message
-                    if message.partition not in upto:
-                        upto[message.partition] = counted_upto(sr, "ingest", message.partition)
+                    if message.partition not in counted:
+                        counted[message.partition] = counted_offsets(sr, "ingest", message.partition)
+                    seen = counted[message.partition].get(message.topic)
                     # redelivered after a crash, already counted: sent again (at-least-once), not recounted
-                    count = message.offset > upto[message.partition].get(message.topic, -1)
+                    count = seen is None or not seen.contains(message.offset)
                     if count:
                         counts.add(event, "consumed")
                         counts.mark(event, message.topic, message.offset)

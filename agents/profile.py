@@ -16,7 +16,7 @@ import orjson
 from faust.types import EventT
 
 from app import topics
-from app.counters import BatchCounts, counted_upto
+from app.counters import BatchCounts, OffsetRanges, counted_offsets
 from app.faust_app import StreamRec, acked_only_when_done, in_partition_of
 from app.ledger import LEDGER_KEY, SOURCE_HEADER, bounded, classify, header
 from models.profile import UserProfile, apply_event, new_profile
@@ -57,7 +57,7 @@ def register(sr: StreamRec) -> None:
                 counts = BatchCounts("profile")
                 to_refresh: dict[int, list[str]] = defaultdict(list)
                 switches = []
-                upto: dict[int, int] = {}
+                counted: dict[int, OffsetRanges] = {}
                 for user_id, events in by_user.items():
                     raw = orjson.loads(sr.profiles.get(user_id.encode()) or b"null")
                     state = UserProfile.from_dict(raw) if raw else new_profile(user_id)
@@ -70,13 +70,14 @@ def register(sr: StreamRec) -> None:
                             state, forgotten, first_seen = new_profile(user_id), True, {}
                             continue
                         forgotten = False
-                        if message.partition not in upto:
-                            upto[message.partition] = counted_upto(sr, "profile", message.partition).get("events", -1)
+                        if message.partition not in counted:
+                            counted[message.partition] = (counted_offsets(sr, "profile", message.partition)
+                                                          .get("events", OffsetRanges()))
                         source = header(message.headers, SOURCE_HEADER)
                         applied = apply_event(state, record, services.params, services.scene_model)
                         if not applied.duplicate:
                             first_seen[record.event_id] = [source, message.offset]
-                        if message.offset > upto[message.partition]:  # not yet counted in a persisted batch
+                        if not counted[message.partition].contains(message.offset):  # not in a persisted batch
                             counts.add(event, classify(not applied.duplicate, first_seen.get(record.event_id),
                                                        source, message.offset))
                             counts.mark(event, "events", message.offset)
