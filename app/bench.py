@@ -474,11 +474,22 @@ def machine() -> dict[str, Any]:
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "gpu": "none"}
 
 
-def run_bench(cfg: BenchConfig, workdir: Path | None = None) -> dict[str, Any]:
+def run_bench(cfg: BenchConfig, workdir: Path | None = None,
+              on_phase: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every phase in turn; `on_phase(name, result so far)` after each, so a run that fails late
+    (a long default-size run) still leaves the numbers of the phases it finished."""
     root = Path(workdir or tempfile.mkdtemp(prefix="streamrec-bench-"))
+    result: dict[str, Any] = {}
+
+    def done(name: str) -> None:
+        result.setdefault("phases_done", []).append(name)
+        logger.info("bench: phase %s done", name)
+        if on_phase is not None:
+            on_phase(name, result)
+
     model_dir = root / "models"
-    result: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v)
-                                         for k, v in cfg.__dict__.items()}, "machine": machine()}
+    result.update({"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()},
+                   "machine": machine()})
     if cfg.model_dir is not None:
         from models.encoder import load_model_version
 
@@ -487,6 +498,7 @@ def run_bench(cfg: BenchConfig, workdir: Path | None = None) -> dict[str, Any]:
         result["model"] = {"model": loaded.version, "trained_on": f"reused from {model_dir}", "dim": loaded.dim}
     else:
         result["model"] = train_bench_model(cfg, model_dir)
+    done("model")
     env = {"STREAMREC_VECTOR_DIM": str(result["model"]["dim"])}
     messages = as_messages(simulated(cfg.events))
     n = len(messages)
@@ -505,6 +517,7 @@ def run_bench(cfg: BenchConfig, workdir: Path | None = None) -> dict[str, Any]:
         result["pipeline_eps"] = n / max(seconds, 1e-9)
         result["pipeline_cpu_us_per_event"] = 1e6 * (cpu_s(phase.workers[0]) - cpu) / n
         result["pipeline_totals"] = totals
+        done("throughput")
         # 2. Freshness at a fixed rate, once the refresh backlog of step 1 has drained.
         watch.quiet()
         fresh_events = [msgspec.structs.replace(e, user_id=f"fresh-{e.user_id}", event_id=f"fresh-{e.event_id}")
@@ -518,6 +531,7 @@ def run_bench(cfg: BenchConfig, workdir: Path | None = None) -> dict[str, Any]:
         result["freshness_rate_eps"] = cfg.rate
         result["freshness_ms"] = {"p50": percentile(lags, 50), "p95": percentile(lags, 95),
                                   "p99": percentile(lags, 99), "lists": len(lags)}
+        done("freshness")
         # 3. Memory against the number of users (one new user per event), on the same worker.
         from models.encoder import load_model_version
 
@@ -532,9 +546,12 @@ def run_bench(cfg: BenchConfig, workdir: Path | None = None) -> dict[str, Any]:
             assert phase.workers[0].proc is not None
             growth.append({"users": users, "rss_mb": round(rss_mb(phase.workers[0].proc.pid), 1)})
             done_users = users
+            result["rss_by_users"] = list(growth)
+            done(f"memory@{users}")
         result["rss_by_users"] = growth
         result["peak_rss_mb"] = watch.peak_rss_mb
         result["users"] = done_users
+        done("memory")
 
     # 4. The naive baseline: one event per batch, one user per refresh, nothing coalesced.
     naive = messages[: cfg.naive_events]
@@ -547,6 +564,7 @@ def run_bench(cfg: BenchConfig, workdir: Path | None = None) -> dict[str, Any]:
         end = watch.last_change()  # and every refresh it caused has been published
         result["naive_eps"] = len(naive) / max(end - started, 1e-9)
         result["naive_refreshes"] = watch.totals().get("refresh.published", 0)
+    done("naive")
 
     # 5. Two worker processes on two partitions (same group), events produced once both hold a share.
     if cfg.two_workers:
@@ -555,6 +573,7 @@ def run_bench(cfg: BenchConfig, workdir: Path | None = None) -> dict[str, Any]:
             asyncio.run(produce(phase.bootstrap, messages))
             seconds, _ = watch.until(lambda t: profiled(t) >= n, 600, lambda t: t.get("ingest.consumed", 0) > 0)
             result["two_workers_eps"] = n / max(seconds, 1e-9)
+        done("two_workers")
 
     # 6. Stage costs, in this process.
     with EmbeddedBroker(log_path=root / "stages-broker.log") as broker:
@@ -568,6 +587,7 @@ def run_bench(cfg: BenchConfig, workdir: Path | None = None) -> dict[str, Any]:
                         "pipeline_over_faust_stock": result["pipeline_eps"] / result["faust_bare_stock_eps"],
                         "pipeline_over_naive": result["pipeline_eps"] / result["naive_eps"],
                         "fastpath_speedup": result["faust_bare_eps"] / result["faust_bare_stock_eps"]}
+    done("stages")
     return result
 
 

@@ -248,10 +248,14 @@ def bench(
     changes: dict = {"events": events, "rate": rate, "data": data, "model_dir": model_dir,
                      "users": tuple(int(u) for u in users.split(",")) if users else None}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
-    result = run_bench(cfg, workdir)
+
+    def write(phase: str, result: dict) -> None:  # after every phase: a late failure keeps the rest
+        if json_path is not None:
+            json_path.write_text(json.dumps(result, indent=2, default=str))
+
+    result = run_bench(cfg, workdir, on_phase=write)
     typer.echo(table(result))
     if json_path is not None:
-        json_path.write_text(json.dumps(result, indent=2, default=str))
         typer.echo(f"wrote {json_path}")
 
 

@@ -11,8 +11,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pymilvus import MilvusException
-
 from app.settings import Settings
 from models.encoder import ModelVersion, latest_model_version, load_model_version
 from models.popularity import Trending
@@ -33,10 +31,7 @@ def recall_for(settings: Settings, model: ModelVersion) -> MilvusRecall:
         settings.milvus_lite_path.parent.mkdir(parents=True, exist_ok=True)
     recall = MilvusRecall(uri, f"{settings.milvus_collection}_{suffix}", model.dim,
                           token=settings.milvus_token.get_secret_value(), timeout_s=settings.recall_timeout_s)
-    try:
-        loaded = recall.count()
-    except MilvusException:  # no collection for this version yet
-        loaded = -1
+    loaded = recall.count() if recall.exists() else -1  # -1: no collection for this version yet
     if loaded != len(model.vectors.ids):
         vectors = model.vectors
         recall.load_items(list(vectors.ids), vectors.matrix,

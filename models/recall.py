@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
 
 import grpc
@@ -37,6 +37,32 @@ def _is_deadline(exc: MilvusException) -> bool:
     intermittently in CI for a 1 us deadline where the client usually raises DEADLINE_EXCEEDED."""
     text = str(exc).lower()
     return any(mark in text for mark in ("deadline", "timeout", "context done"))
+
+
+# milvus-lite answers this while its embedded server is still initialising (seen at worker start-up,
+# two workers starting their lite servers at the same moment: pymilvus issue 2981). It passes.
+_STARTING_MARKS = ("has not been init",)
+STARTUP_RETRY_S = 30.0
+
+
+def _is_starting(exc: MilvusException) -> bool:
+    return any(mark in str(exc) for mark in _STARTING_MARKS)
+
+
+def retry_while_starting(call: Callable[[], Any], what: str, budget_s: float = STARTUP_RETRY_S,
+                         sleep: Callable[[float], None] = time.sleep) -> Any:
+    """Run `call`, retrying (50 ms doubling to 1 s) while Milvus says it is still starting, up to
+    `budget_s`; any other error, or the same one past the budget, is raised."""
+    deadline, delay = time.monotonic() + budget_s, 0.05
+    while True:
+        try:
+            return call()
+        except MilvusException as exc:
+            if not _is_starting(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("milvus %s: server still starting (%s); retrying in %.2fs", what, str(exc)[:120], delay)
+            sleep(delay)
+            delay = min(1.0, delay * 2)
 
 
 class RecallTimeout(TimeoutError):
@@ -118,10 +144,13 @@ class MilvusRecall:
         self._client = MilvusClient(uri=uri, token=token)
         self._nprobe = 16
         self._raw = raw_search_available(self._client)
-        if self._client.has_collection(collection):  # a restarted worker searches what is already there
-            self._client.load_collection(collection)
+        if self.exists():  # a restarted worker searches what is already there
+            retry_while_starting(lambda: self._client.load_collection(collection), "load")
 
     # --- lifecycle ---------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return bool(retry_while_starting(lambda: self._client.has_collection(self.collection), "has_collection"))
+
     def close(self) -> None:
         self._client.close()
 
@@ -139,7 +168,8 @@ class MilvusRecall:
         schema.add_field("category", DataType.VARCHAR, max_length=MAX_CATEGORY_LEN)
         schema.add_field("available", DataType.BOOL)
         schema.add_field("popularity", DataType.FLOAT)
-        self._client.create_collection(self.collection, schema=schema, consistency_level=self.consistency)
+        retry_while_starting(lambda: self._client.create_collection(
+            self.collection, schema=schema, consistency_level=self.consistency), "create_collection")
 
     def _index_params(self, n: int) -> tuple[Any, dict[str, Any]]:
         params = MilvusClient.prepare_index_params()
@@ -171,8 +201,8 @@ class MilvusRecall:
         avail = [True] * n if available is None else [bool(a) for a in available]
         pop = [0.0] * n if popularity is None else [float(p) for p in popularity]
         started = time.perf_counter()
-        if self._client.has_collection(self.collection):
-            self._client.drop_collection(self.collection)
+        if self.exists():
+            retry_while_starting(lambda: self._client.drop_collection(self.collection), "drop_collection")
         self._create()
         for s in range(0, n, INSERT_BATCH):
             rows = [
@@ -184,8 +214,8 @@ class MilvusRecall:
             self._client.insert(self.collection, rows)
         self._client.flush(self.collection)
         index, self._search_params = self._index_params(n)
-        self._client.create_index(self.collection, index)
-        self._client.load_collection(self.collection)
+        retry_while_starting(lambda: self._client.create_index(self.collection, index), "create_index")
+        retry_while_starting(lambda: self._client.load_collection(self.collection), "load")
         log.info("milvus %s: loaded %d items into %s (%s) in %.1fs",
                  "lite" if self.lite else "server", n, self.collection, self.index_type,
                  time.perf_counter() - started)

@@ -27,6 +27,9 @@ def test_bench_smoke_writes_the_promised_json(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
 
     assert set(REQUIRED) <= set(result)
+    # written after every phase (a failing late phase keeps the earlier numbers); this is the last write
+    assert result["phases_done"] == ["model", "throughput", "freshness", "memory@1000", "memory", "naive",
+                                     "stages"]  # smoke: no two-worker phase
     for key in ("raw_consume_eps", "faust_bare_eps", "faust_bare_stock_eps", "pipeline_eps", "naive_eps",
                 "recall_users_per_s", "peak_rss_mb"):
         assert math.isfinite(result[key]) and result[key] > 0, key
