@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
+import msgspec
 import numpy as np
 
 Source = Literal["ann", "history", "cooccur", "trending", "category"]
@@ -33,15 +34,18 @@ PERSONAL_SOURCES = frozenset({"ann", "history", "cooccur"})
 _SOURCE_PRIORITY = {"history": 0, "cooccur": 1, "ann": 2, "category": 3, "trending": 4}
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A recalled item. ``anchor``: the item that brought it (its ANN query item, or the bought item)."""
+class Candidate(msgspec.Struct, frozen=True, eq=False):
+    """A recalled item. ``anchor``: the item that brought it (its ANN query item, or the bought item).
+
+    A msgspec Struct, not a dataclass: a refresh builds 200-400 of these per user, and a frozen
+    dataclass took ~1.0-1.4 us each against ~0.15 us (py-spy of a bench worker: building the ANN
+    candidates was 11.5% of its samples). Compared by identity (``vector`` is an array)."""
 
     item_id: str
     score: float
     source: Source
     category: str | None = None
-    vector: np.ndarray | None = field(default=None, compare=False)
+    vector: np.ndarray | None = None
     anchor: str | None = None
 
 
