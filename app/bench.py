@@ -62,6 +62,7 @@ class BenchConfig:
     model_dir: Path | None = None  # reuse the model versions here instead of training
     partitions: int = 2
     train_events: int = 20_000  # simulated history to train on when there is no data set
+    memory_only: bool = False  # only the memory phase (RSS against users), e.g. up to 1e6 users
 
     @classmethod
     def smoke(cls) -> BenchConfig:
@@ -474,6 +475,33 @@ def machine() -> dict[str, Any]:
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "gpu": "none"}
 
 
+def memory_phase(cfg: BenchConfig, phase: Phase, watch: Watch, model_dir: Path, result: dict[str, Any],
+                 done: Callable[[str], None]) -> None:
+    """RSS of the worker (and its milvus-lite child) after one new user per event up to each of
+    `cfg.users`; every step is recorded as it finishes."""
+    from models.encoder import load_model_version
+
+    items = list(load_model_version(model_dir, "cpu").vectors.ids)[:1000]
+    growth: list[dict[str, float]] = []
+    done_users = 0
+    base = profiled(watch.totals())
+    for users in cfg.users:
+        batch = as_messages(list(one_event_per_user(done_users, users, items, "mem")))
+        asyncio.run(produce(phase.bootstrap, batch))
+        target = base + users
+        # ~275 new users/s measured here (each one refreshed): allow 50/s before calling it stuck
+        watch.until(lambda t, target=target: profiled(t) >= target, max(1800, (users - done_users) / 50),
+                    lambda t: True)
+        assert phase.workers[0].proc is not None
+        growth.append({"users": users, "rss_mb": round(rss_mb(phase.workers[0].proc.pid), 1)})
+        done_users = users
+        result["rss_by_users"] = list(growth)
+        result["peak_rss_mb"] = watch.peak_rss_mb
+        result["users"] = done_users
+        done(f"memory@{users}")
+    done("memory")
+
+
 def run_bench(cfg: BenchConfig, workdir: Path | None = None,
               on_phase: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every phase in turn; `on_phase(name, result so far)` after each, so a run that fails late
@@ -500,6 +528,10 @@ def run_bench(cfg: BenchConfig, workdir: Path | None = None,
         result["model"] = train_bench_model(cfg, model_dir)
     done("model")
     env = {"STREAMREC_VECTOR_DIM": str(result["model"]["dim"])}
+    if cfg.memory_only:  # the long 1e6-user step on its own, on a fresh worker
+        with Phase(root / "memory", model_dir, env, cfg.partitions) as phase:
+            memory_phase(cfg, phase, phase.start_workers(1), model_dir, result, done)
+        return result
     messages = as_messages(simulated(cfg.events))
     n = len(messages)
 
@@ -533,25 +565,7 @@ def run_bench(cfg: BenchConfig, workdir: Path | None = None,
                                   "p99": percentile(lags, 99), "lists": len(lags)}
         done("freshness")
         # 3. Memory against the number of users (one new user per event), on the same worker.
-        from models.encoder import load_model_version
-
-        items = list(load_model_version(model_dir, "cpu").vectors.ids)[:1000]
-        growth, done_users = [], 0
-        base = profiled(watch.totals())
-        for users in cfg.users:
-            batch = as_messages(list(one_event_per_user(done_users, users, items, "mem")))
-            asyncio.run(produce(phase.bootstrap, batch))
-            target = base + users
-            watch.until(lambda t, target=target: profiled(t) >= target, 1800, lambda t: True)
-            assert phase.workers[0].proc is not None
-            growth.append({"users": users, "rss_mb": round(rss_mb(phase.workers[0].proc.pid), 1)})
-            done_users = users
-            result["rss_by_users"] = list(growth)
-            done(f"memory@{users}")
-        result["rss_by_users"] = growth
-        result["peak_rss_mb"] = watch.peak_rss_mb
-        result["users"] = done_users
-        done("memory")
+        memory_phase(cfg, phase, watch, model_dir, result, done)
 
     # 4. The naive baseline: one event per batch, one user per refresh, nothing coalesced.
     naive = messages[: cfg.naive_events]
@@ -591,8 +605,7 @@ def run_bench(cfg: BenchConfig, workdir: Path | None = None,
     return result
 
 
-def table(result: dict[str, Any]) -> str:
-    """The result as a Markdown table (what docs/BENCHMARKS.md holds)."""
+def _speed_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("raw aiokafka consume", f"{result['raw_consume_eps']:,.0f} ev/s"),
             ("bare Faust agent, stock consumer", f"{result['faust_bare_stock_eps']:,.0f} ev/s"),
             ("bare Faust agent, app/fastpath.py", f"{result['faust_bare_eps']:,.0f} ev/s"),
@@ -619,6 +632,12 @@ def table(result: dict[str, Any]) -> str:
                          f"{value['users_per_s']:,.0f} users/s, {recall_key} {value[recall_key]:.3f}"))
     rows += [("re-rank", f"{stages['rerank_users_per_s']:,.0f} users/s"),
              ("publish (aiokafka, ~1.6 KB)", f"{stages['publish_msgs_per_s']:,.0f} msg/s")]
+    return rows
+
+
+def table(result: dict[str, Any]) -> str:
+    """The result as a Markdown table (what docs/BENCHMARKS.md holds)."""
+    rows = _speed_rows(result) if "pipeline_eps" in result else []  # absent: a --memory-only run
     rows += [(f"worker RSS at {g['users']:,} users", f"{g['rss_mb']:,.0f} MB") for g in result["rss_by_users"]]
     rows.append(("worker peak RSS", f"{result['peak_rss_mb']:,.0f} MB"))
     lines = ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]

@@ -236,6 +236,8 @@ def bench(
     data: Annotated[Path | None, typer.Option(help="train on this Taobao CSV (default: the shared data set)")] = None,
     workdir: Annotated[Path | None, typer.Option(help="keep brokers' and workers' files here")] = None,
     model_dir: Annotated[Path | None, typer.Option(help="reuse the model versions here (skip training)")] = None,
+    memory_only: Annotated[bool, typer.Option("--memory-only",
+                                              help="only RSS against --users (the long 1e6-user step)")] = False,
 ) -> None:
     """Measure the pipeline against a real broker and real workers; print a Markdown table."""
     import dataclasses
@@ -246,6 +248,7 @@ def bench(
 
     cfg = BenchConfig.smoke() if smoke else BenchConfig(data=data or default_dataset())
     changes: dict = {"events": events, "rate": rate, "data": data, "model_dir": model_dir,
+                     "memory_only": memory_only or None,
                      "users": tuple(int(u) for u in users.split(",")) if users else None}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
 

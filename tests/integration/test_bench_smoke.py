@@ -45,3 +45,19 @@ def test_bench_smoke_writes_the_promised_json(tmp_path: Path) -> None:
     assert recall["milvus_lite_FLAT_b512"]["recall@200"] > 0.99  # FLAT is exact
     assert recall["milvus_lite_FLAT_b512_pymilvus_parse"]["recall@200"] == recall["milvus_lite_FLAT_b512"]["recall@200"]
     assert 0 < recall["faiss_hnsw"]["recall@200"] <= 1
+
+
+def test_bench_memory_only_measures_rss_per_user_count(tmp_path: Path) -> None:
+    """`--memory-only` (the long 1e6-user step run on its own): a fresh worker, one new user per event,
+    RSS recorded after each user count, every user profiled."""
+    out = tmp_path / "mem.json"
+    run = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--smoke", "--memory-only", "--users", "300,600",
+                          "--json", str(out), "--workdir", str(tmp_path / "work")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "| worker RSS at 600 users |" in run.stdout and "pipeline_eps" not in run.stdout
+    result = json.loads(out.read_text())
+    assert result["phases_done"] == ["model", "memory@300", "memory@600", "memory"]
+    assert [g["users"] for g in result["rss_by_users"]] == [300, 600] and result["users"] == 600
+    assert all(g["rss_mb"] > 50 for g in result["rss_by_users"]) and result["peak_rss_mb"] > 50
+    assert "pipeline_eps" not in result
