@@ -57,14 +57,10 @@ class OffsetRanges:
         return i >= 0 and ranges[i][1] >= offset
 
     def add(self, offset: int) -> None:
-        ranges = self.ranges
-        if ranges and ranges[-1][0] <= offset <= ranges[-1][1] + 1:
-            ranges[-1][1] = max(ranges[-1][1], offset)
-        elif not ranges or offset > ranges[-1][1]:
-            ranges.append([offset, offset])
+        if not self.ranges or offset >= self.ranges[-1][0]:
+            self._append(offset, offset)  # in order: extends the last range or opens the next
         else:
             self.update(OffsetRanges([(offset, offset)]))
-        self._bound()
 
     def update(self, other: OffsetRanges) -> None:
         merged = OffsetRanges([*self.ranges, *other.ranges])
