@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,15 +146,28 @@ def acked_only_when_done(batch: Sequence[EventT]) -> Iterator[None]:
     `take_events` acks its batch in a `finally`, so a body that raised or was cancelled half-way (an
     agent crash, a stop, a rebalance) had its events committed without their effects: a batch lost.
     Marking the messages acked here makes Faust's `consumer.ack` skip them, so the committed offset
-    stops before them (Faust commits only up to the first gap) and they are delivered again after the
-    next rebalance or restart, where the dedupe ring and the ledger make that harmless.
+    stops before them (Faust commits only up to the first gap) and they are delivered again: after the
+    next rebalance or restart, or when app/repair.py finds the partition's commits blocked; the dedupe
+    ring and the ledger make that harmless.
     """
     try:
         yield
     except BaseException as exc:
         for event in batch:
             event.message.acked = True  # consumer.ack() ignores an acked message: no offset, no commit
-        if not isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            logger.error("batch of %d events failed (%r): not acknowledged, delivered again after the next "
-                         "rebalance or restart", len(batch), exc)
+        spans = offset_spans(event.message for event in batch)
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            logger.info("batch of %d events cancelled, not acknowledged: %s", len(batch), spans)
+        else:
+            logger.error("batch of %d events failed (%r), not acknowledged, to be delivered again: %s",
+                         len(batch), exc, spans)
         raise
+
+
+def offset_spans(messages: Iterable[Any]) -> str:
+    """'topic/partition first-last' per partition of `messages`, for logs."""
+    spans: dict[tuple[str, int], list[int]] = {}
+    for message in messages:
+        span = spans.setdefault((message.topic, message.partition), [message.offset, message.offset])
+        span[0], span[1] = min(span[0], message.offset), max(span[1], message.offset)
+    return ", ".join(f"{topic}/{partition} {lo}-{hi}" for (topic, partition), (lo, hi) in sorted(spans.items()))

@@ -23,7 +23,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from faust.types import TP
 
-from app.shutdown import CommitGateConsumer
+from app.repair import RepairingConsumer
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,9 @@ class ExactHighwaterThread(faust_aiokafka.AIOKafkaConsumerThread):
                 await probe.stop()
 
 
-class ExactHighwaterConsumer(CommitGateConsumer):
-    """Faust's aiokafka consumer with `ExactHighwaterThread` (and the stop-time commit gate)."""
+class ExactHighwaterConsumer(RepairingConsumer):
+    """Faust's aiokafka consumer with `ExactHighwaterThread` (and the stop-time commit gate and the
+    blocked-partition repair of app/repair.py)."""
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ExactHighwaterThread(self, loop=self.loop, beacon=self.beacon)

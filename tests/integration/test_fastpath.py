@@ -62,12 +62,13 @@ def _lines(path: Path) -> list[tuple[int, int, int]]:
 
 
 def _run_until(bootstrap: str, group: str, topic: str, out: Path, expect: int,
-               *extra: str, until: Callable[[], bool] | None = None) -> list[tuple[int, int, int]]:
-    """Run the child app until OUT has `expect` lines (or `until()` holds), then SIGTERM it."""
-    child = subprocess.Popen([sys.executable, "-m", "tests.integration.fastpath_app", bootstrap, group, topic,
-                              str(out), *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               *extra: str, until: Callable[[], bool] | None = None, timeout_s: float = 120) -> list[tuple[int, int, int]]:
+    """Run the child app until OUT has `expect` lines (or `until()` holds), then SIGTERM it; its log is OUT.stderr."""
+    with out.with_suffix(".stderr").open("ab") as log:
+        child = subprocess.Popen([sys.executable, "-m", "tests.integration.fastpath_app", bootstrap, group, topic,
+                                  str(out), *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
     try:
-        wait_for(until or (lambda: len(_lines(out)) >= expect), timeout_s=120)
+        wait_for(until or (lambda: len(_lines(out)) >= expect), timeout_s=timeout_s)
         time.sleep(1.5)  # > broker_commit_interval: anything extra would show up, commits happen
     finally:
         child.send_signal(signal.SIGTERM)
@@ -128,3 +129,29 @@ def test_a_failed_batch_is_not_committed_and_comes_back_after_a_restart(broker: 
     again = _run_until(broker.bootstrap, group, topic, run2, 0,
                        until=lambda: missing <= {v for _, _, v in _lines(run2)})
     assert {v for _, _, v in failed} <= {v for _, _, v in again}  # processed after the restart
+
+
+def test_a_failed_batch_comes_back_in_the_same_worker_and_commits_reach_the_end(broker: EmbeddedBroker,
+                                                                                tmp_path: Path) -> None:
+    """app/repair.py: the failed batch's hole blocks the commits until the worker reads the partition again.
+
+    Without the repair the failed events are processed only after a restart, and the committed offset
+    of their partition stays below them however long the worker runs (the first test above).
+    """
+    topic, group = f"repair-{uuid.uuid4().hex[:8]}", f"repair-{uuid.uuid4().hex[:8]}"
+    asyncio.run(_create(broker.bootstrap, topic))
+    values = range(2000)
+    asyncio.run(_produce(broker.bootstrap, topic, values))
+
+    run = tmp_path / "run.log"
+
+    def all_done() -> bool:
+        processed = {v for _, _, v in _lines(run)}
+        return set(values) <= processed and sum(asyncio.run(_committed(broker.bootstrap, group, topic)).values()) == len(values)
+
+    got = _run_until(broker.bootstrap, group, topic, run, 0, "1000", until=all_done, timeout_s=180)
+    failed = _lines(run.with_suffix(".failed"))
+    assert failed and 1000 in {v for _, _, v in failed}
+    assert {v for _, _, v in got} == set(values)  # the failed batch too, in the same process
+    log = run.with_suffix(".stderr").read_text(errors="replace")
+    assert "reading the partition again from offset" in log, log[-3000:]
