@@ -56,10 +56,9 @@ def register(sr: StreamRec) -> None:
                         counted[message.partition] = counted_offsets(sr, "ingest", message.partition)
                     seen = counted[message.partition].get(message.topic)
                     # redelivered after a crash, already counted: sent again (at-least-once), not recounted
-                    count = seen is None or not seen.contains(message.offset)
+                    count = counts.first_count(event, message.topic, message.offset, seen)
                     if count:
                         counts.add(event, "consumed")
-                        counts.mark(event, message.topic, message.offset)
                     result = decode_event(message.value, message.topic, limits, now_ms)
                     if isinstance(result, Rejection):
                         if count:

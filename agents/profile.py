@@ -77,10 +77,9 @@ def register(sr: StreamRec) -> None:
                         applied = apply_event(state, record, services.params, services.scene_model)
                         if not applied.duplicate:
                             first_seen[record.event_id] = [source, message.offset]
-                        if not counted[message.partition].contains(message.offset):  # not in a persisted batch
+                        if counts.first_count(event, "events", message.offset, counted[message.partition]):
                             counts.add(event, classify(not applied.duplicate, first_seen.get(record.event_id),
                                                        source, message.offset))
-                            counts.mark(event, "events", message.offset)
                         if applied.duplicate:
                             continue
                         services.trending.observe_event(record)

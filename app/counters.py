@@ -100,6 +100,21 @@ class BatchCounts:
         self.counts[partition][name] += n
         self.anchor[partition] = event
 
+    def first_count(self, event: EventT, name: str, offset: int, persisted: OffsetRanges | None) -> bool:
+        """Whether source `name`'s message at `offset` is to be counted now; if so it is marked.
+
+        Not when a persisted batch counted it (`persisted`: the row's marks, read at the batch's start),
+        nor when this batch did already: after a rebalance a take buffer can hold a message and its
+        redelivered copy side by side (measured: `ingest.consumed` 2 over in 1 of 8 reduced crash runs).
+        """
+        if persisted is not None and persisted.contains(offset):
+            return False
+        marks = self.marks[event.message.partition].get(name)
+        if marks is not None and marks.contains(offset):
+            return False
+        self.mark(event, name, offset)
+        return True
+
     def mark(self, event: EventT, name: str, offset: int) -> None:
         """Record that `event`'s partition has counted source `name`'s message at `offset`."""
         marks = self.marks[event.message.partition]

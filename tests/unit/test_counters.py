@@ -75,3 +75,16 @@ def test_batch_counts_flush_accumulates_counts_and_marks_per_partition() -> None
     assert totals(sr.stats.items()) == {"ingest.consumed": 21}
     assert counted_offsets(sr, "ingest", 0)["ecom.click"].ranges == [[0, 19]]
     assert counted_offsets(sr, "ingest", 1)["ecom.click"].ranges == [[5, 5]]
+
+
+def test_a_message_twice_in_one_batch_is_counted_once() -> None:
+    """After a rebalance a take buffer can hold a message and its redelivered copy in the same batch."""
+    counts = BatchCounts("ingest")
+    persisted = OffsetRanges([[0, 9]])
+    first, copy, old = _Event(0, 10), _Event(0, 10), _Event(0, 5)
+    assert counts.first_count(first, "ecom.click", 10, persisted)
+    assert not counts.first_count(copy, "ecom.click", 10, persisted)  # the copy, same batch
+    assert not counts.first_count(old, "ecom.click", 5, persisted)  # counted by a persisted batch
+    assert counts.first_count(_Event(0, 10), "ecom.browse", 10, None)  # another source, same offset
+    assert counts.first_count(_Event(1, 10), "ecom.click", 10, None)  # another partition's row
+    assert counts.marks[0]["ecom.click"].ranges == [[10, 10]]
