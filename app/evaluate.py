@@ -69,6 +69,7 @@ JSON_SYSTEM_ORDER = (
     "streamrec_no_scene",
     "streamrec_no_encoder",
     "streamrec_no_resurface",
+    "streamrec_relist_bought",
 )
 
 Metrics = dict[str, float | int | None]

@@ -22,7 +22,9 @@ browsing (``use_scene=False``), ``streamrec_no_encoder`` queries Milvus with the
 mean of the recent item vectors instead of the learned encoder (``use_encoder=False``).
 ``streamrec_no_resurface`` is the full system with every item the user already touched (any earlier
 event, training period included) excluded from the list, like the bought items: it measures what
-re-surfacing viewed items is worth (``resurface=False``).
+re-surfacing viewed items is worth (``resurface=False``). ``streamrec_relist_bought`` is not an
+ablation but a what-if for a product decision: the full system with bought items allowed back in the
+list like any viewed item (DESIGN.md never lists them; ``relist_bought=True``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Variant:
     use_scene: bool = True
     use_encoder: bool = True
     resurface: bool = True  # False: items of the user's earlier events are never listed
+    relist_bought: bool = False  # True: bought items may be listed again (a what-if; DESIGN.md forbids it)
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -72,6 +75,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("streamrec_no_scene", use_scene=False),
     Variant("streamrec_no_encoder", use_encoder=False),
     Variant("streamrec_no_resurface", resurface=False),
+    Variant("streamrec_relist_bought", relist_bought=True),
 )
 
 
@@ -155,7 +159,8 @@ class StreamRecSystem:
         self.trending = Trending(half_life_s=3600.0 if self.variant.decay else NO_DECAY_HALF_LIFE_S)
         self.scene_model: SceneModel | None = SceneModel() if self.variant.use_scene else None
         self.options = dataclasses.replace(
-            self.options, use_scene=self.variant.use_scene, use_encoder=self.variant.use_encoder
+            self.options, use_scene=self.variant.use_scene, use_encoder=self.variant.use_encoder,
+            relist_bought=self.variant.relist_bought,
         )
         self.recommender = Recommender(None, None, self.trending, self.options, self.rerank_params)
         self.profiles: dict[str, UserProfile] = {}

@@ -55,6 +55,10 @@ class RecommenderOptions:
     history_rank_power: float = 0.5
     history_recency_share: float = 0.5
     history_session_power: float = 0.75  # "adaptive": the rank power of a history inside one session
+    # DESIGN.md: a bought item is never listed again. True lets bought items back like any viewed item:
+    # a what-if for that product decision, measured by `streamrec evaluate` (docs/EVALUATION.md), off
+    # in the worker.
+    relist_bought: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,7 @@ class Recommender:
                 category_weights=cw,
                 item_weights=iw,
                 purchased=profile.exclusions() | request.exclude,
+                excluded=request.exclude if self.options.relist_bought else None,
                 purchased_categories=profile.last_order_categories(),
                 recently_shown=request.recently_shown,
                 popularity=self.trending.scores,

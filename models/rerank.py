@@ -62,6 +62,9 @@ class RerankContext:
     # item id -> popularity: a mapping, or a batch lookup of many ids at once (``Trending.scores``)
     popularity: Callable[[Sequence[str]], Sequence[float]] | Mapping[str, float]
     now_ms: int
+    # never listed; None: the purchased items (DESIGN.md). Set apart from ``purchased``, which also
+    # says which candidates complement a purchase, for the `relist_bought` what-if (models/recommender.py).
+    excluded: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +309,8 @@ def rerank(
     """The final list of at most ``k`` items for ``ctx.scene``, best first, each with a reason.
 
     Terms whose weight is zero are not computed (each is finite, so the sum is the same)."""
-    cands = [c for c in _merge(candidates) if c.item_id not in ctx.purchased]
+    excluded = ctx.purchased if ctx.excluded is None else ctx.excluded
+    cands = [c for c in _merge(candidates) if c.item_id not in excluded]
     cold = (
         not ctx.category_weights
         and not ctx.item_weights

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from models.rerank import DESIGNED_PARAMS, Candidate, RerankContext, RerankParams, SceneWeights, mmr, rerank
@@ -38,6 +40,18 @@ def test_purchased_items_never_appear() -> None:
         out = rerank(cands, ctx(scene, cats={"c1": 1.0}, purchased={"i0", "i3"}), k=10)
         assert {"i0", "i3"}.isdisjoint(r.item_id for r in out)
         assert len(out) == 8
+
+
+def test_an_explicit_exclusion_set_lets_bought_items_back_and_keeps_them_anchors() -> None:
+    """`excluded` (the relist_bought what-if): only those items are dropped; purchases still anchor."""
+    cands = [ann("bought", 0.99, "phones", anchor="h1"), ann("case", 0.9, "cases", anchor="bought"),
+             ann("gone", 0.8, "cases", anchor="h1")]
+    c = ctx("post_purchase", cats={"phones": 1.0}, purchased={"bought"})
+    relisted = dataclasses.replace(c, excluded=frozenset({"gone"}))
+    out = rerank(cands, relisted, k=10, params=DESIGNED)
+    assert {r.item_id for r in out} == {"bought", "case"}
+    assert next(r.reason for r in out if r.item_id == "case") == "goes with your purchase of bought"
+    assert "bought" not in {r.item_id for r in rerank(cands, c, k=10, params=DESIGNED)}  # default: never
 
 
 def test_post_purchase_excludes_bought_item_and_substitutes_but_keeps_complements() -> None:
