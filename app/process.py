@@ -71,6 +71,16 @@ class WorkerProcess:
         except OSError:
             return ""
 
+    def log_problems(self, n: int = 40, noise: tuple[str, ...] = ("producer buffer full",)) -> str:
+        """The last `n` WARNING/ERROR lines of the log, routine `noise` left out: what a tail can miss."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        found = [line for line in lines if (" WARNING " in line or " ERROR " in line or "[WARNING]" in line
+                                            or "[ERROR]" in line) and not any(x in line for x in noise)]
+        return "\n".join(found[-n:])
+
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited within timeout_s; returns the exit code."""
         if self.proc is None or self.proc.poll() is not None:

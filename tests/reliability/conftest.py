@@ -215,7 +215,8 @@ class Cluster:
             else:
                 zero_before = False
             time.sleep(1.0)
-        raise TimeoutError(f"lag not 0 after {timeout_s}s: {self.lag()}\n{worker.log_tail()}")
+        raise TimeoutError(f"lag not 0 after {timeout_s}s: {self.lag()}\nwarnings and errors:\n"
+                           f"{worker.log_problems()}\nlog tail:\n{worker.log_tail()}")
 
     def stored_profiles(self) -> dict[str, dict]:
         """The latest profile snapshot per user from the worker's SQLite store (payload = the full profile)."""
