@@ -15,12 +15,14 @@ Measured once in CI (docs/RELIABILITY.md): after the reduced crash test every to
 partition of ecom.purchase, whose lag stayed at 92 for 300 s. `RepairingConsumer` checks every
 `CHECK_INTERVAL_S` for partitions whose commit is blocked by such a hole, and when the commit is still
 blocked at the same offset `STUCK_AFTER_S` later (`STUCK_IN_FLIGHT_AFTER_S` while a message below the
-hole is still in memory) it seeks the partition back to its committed offset and logs it. Re-reading is safe: every agent is idempotent on
+hole is still in memory) it seeks the partition back to its committed offset, between two fetch
+rounds (`seek_between_fetches`), and logs it. Re-reading is safe: every agent is idempotent on
 redelivery (the dedupe ring and the counted-offset ranges, app/counters.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -41,6 +43,7 @@ STUCK_AFTER_S = 10.0  # a hole with nothing below it in flight: nothing will eve
 # partition's messages are acknowledged in order, so a hole behind a live message only arises from a
 # batch that is never going to end (an agent restarted past its take buffer); give it longer.
 STUCK_IN_FLIGHT_AFTER_S = 120.0
+FETCH_ROUND_WAIT_S = 60.0  # how long a repair waits for the fetch loop to finish its current batch
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,13 @@ class RepairingConsumer(CommitGateConsumer):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._holes_seen: dict[TP, tuple[Hole, float]] = {}
+        self._holes_seen: dict[TP, tuple[int, float]] = {}  # partition -> (blocked at offset, since)
         self.repairs = 0  # partitions sought back so far, for tests and the logs
+        self.fetch_rounds = 0  # calls of the fetch loop's `_wait_next_records`: a new round began
+
+    async def _wait_next_records(self, timeout: float) -> Any:
+        self.fetch_rounds += 1
+        return await super()._wait_next_records(timeout)
 
     def _in_flight(self) -> Iterable[tuple[TP, int]]:
         return ((m.tp, m.offset) for m in list(self._unacked_messages) if not m.acked)
@@ -124,4 +132,36 @@ class RepairingConsumer(CommitGateConsumer):
                            tp.topic, tp.partition, hole.committed, hole.first_acked - 1,
                            "some still in memory" if hole.in_flight else "none in flight",
                            len(self._acked[tp]), now - since, hole.committed)
-            await self.seek(tp, hole.committed)
+            await self.seek_between_fetches(tp, hole.committed)
+
+    async def seek_between_fetches(self, tp: TP, offset: int) -> bool:
+        """Seek `tp` to `offset` while the fetch loop holds none of its records; False if it could not.
+
+        A plain `seek` races the fetch loop: the rest of a batch it fetched before the seek would
+        still be delivered, and the first of those, far past the new read offset, makes Faust record
+        the offsets in between as a gap (non-data offsets) and commit over them: a loss. So the
+        partition is paused first (the loop skips a paused partition's records at once, the batch's
+        rest included), the seek waits for the loop to start its next fetch round (the record it
+        was handing over is then delivered), and the partition is resumed after the seek.
+        """
+        tp = TP(tp.topic, tp.partition)  # messages carry aiokafka's TopicPartition; Faust's sets hold its own TP
+        if tp in self._paused_partitions:  # paused by Faust itself (recovery, flow control): not ours
+            return False
+        generation = self.app.consumer_generation_id
+        self.pause_partitions([tp])
+        try:
+            round_before = self.fetch_rounds
+            deadline = time.monotonic() + FETCH_ROUND_WAIT_S
+            while self.fetch_rounds == round_before and time.monotonic() < deadline and not self.should_stop:
+                await asyncio.sleep(0.05)
+            if self.app.consumer_generation_id != generation or self.app.rebalancing:
+                return False  # the rebalance seeks back to the committed offsets itself
+            if self.fetch_rounds == round_before:
+                logger.warning("%s/%d: fetch loop did not start a new round within %.0fs; not sought back",
+                               tp.topic, tp.partition, FETCH_ROUND_WAIT_S)
+                return False
+            await self.seek(tp, offset)
+            return True
+        finally:
+            if self.app.consumer_generation_id == generation and tp in self.assignment():
+                self.resume_partitions([tp])
