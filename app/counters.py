@@ -94,6 +94,7 @@ class BatchCounts:
         self.counts: dict[int, Counter[str]] = defaultdict(Counter)
         self.marks: dict[int, dict[str, OffsetRanges]] = defaultdict(dict)
         self.anchor: dict[int, EventT] = {}
+        self._counted_now: set[tuple[int, str, int]] = set()  # (partition, source, offset) in this batch
 
     def add(self, event: EventT, name: str, n: int = 1) -> None:
         partition = event.message.partition
@@ -109,9 +110,10 @@ class BatchCounts:
         """
         if persisted is not None and persisted.contains(offset):
             return False
-        marks = self.marks[event.message.partition].get(name)
-        if marks is not None and marks.contains(offset):
+        key = (event.message.partition, name, offset)
+        if key in self._counted_now:  # a set, not the marks: those are bounded and may close a gap early
             return False
+        self._counted_now.add(key)
         self.mark(event, name, offset)
         return True
 

@@ -88,3 +88,13 @@ def test_a_message_twice_in_one_batch_is_counted_once() -> None:
     assert counts.first_count(_Event(0, 10), "ecom.browse", 10, None)  # another source, same offset
     assert counts.first_count(_Event(1, 10), "ecom.click", 10, None)  # another partition's row
     assert counts.marks[0]["ecom.click"].ranges == [[10, 10]]
+
+
+def test_a_batch_with_more_gaps_than_the_marks_keep_counts_every_message() -> None:
+    """The profile agent walks a batch user by user, so a partition's offsets come out of order: far
+    more than MAX_RANGES gaps at times. Bounding the marks closes gaps early; counting must not."""
+    counts = BatchCounts("profile")
+    order = [o for start in range(2) for o in range(start, 400, 2)]  # 0, 2, 4, ... then 1, 3, 5, ...
+    assert all(counts.first_count(_Event(0, o), "events", o, OffsetRanges()) for o in order)
+    assert not any(counts.first_count(_Event(0, o), "events", o, OffsetRanges()) for o in order)
+    assert counts.marks[0]["events"].ranges == [[0, 399]]
