@@ -8,7 +8,9 @@ of Faust's ~200 us per message on this machine.
 
 `FastConsumer` keeps the same loop (read offsets, gap tracking, commit_every) but awaits the callback
 directly when it cannot wait (flow running, app flow control open, producer buffer under its ebb
-mark), and falls back to Faust's `wait_first` otherwise. A rebalance does not cancel this task
+mark), and falls back to Faust's `wait_first` otherwise. A message whose consumer generation is no
+longer the app's (a rebalance happened while the loop waited for room in a stream queue) is neither
+delivered nor allowed to move the read offset. A rebalance does not cancel this task
 before it revokes partitions and clears the stream queues, so a directly awaited callback that
 waited in `wait_until_producer_ebb` across one could deliver a message of the old assignment after
 the new one had sought back to its committed offsets. Nothing else changes: the same conductor,
@@ -64,6 +66,10 @@ class FastConsumer(ExactHighwaterConsumer):
 
         flow_active = self.app.flow_control.is_active
         producer_buffer = self.app.producer.buffer
+        app = self.app
+
+        def generation() -> int:
+            return app.consumer_generation_id
 
         def can_deliver_now() -> bool:
             """The conductor's callback will not wait: flow control open, producer buffer under its ebb
@@ -95,6 +101,11 @@ class FastConsumer(ExactHighwaterConsumer):
                     queues = queues_of(tp)
                     if queues and any(q.full() for q in queues):
                         await drained(queues)
+                    if message.generation_id != generation():
+                        # fetched for an earlier assignment (a rebalance happened during the waits
+                        # above): streams skip it anyway, and setting the read offset to it would make
+                        # the new assignment drop the re-fetched messages below it as delivered
+                        continue
                     if suspended() or not can_deliver_now():
                         # The conductor's callback can wait here (app flow control suspended, or the
                         # producer buffer over its ebb mark); a rebalance must be able to abandon it, as
