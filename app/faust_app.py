@@ -141,7 +141,7 @@ def in_partition_of(event: EventT) -> Iterator[None]:
 
 @contextlib.contextmanager
 def acked_only_when_done(batch: Sequence[EventT]) -> Iterator[None]:
-    """Leave a `take_events` batch unacknowledged unless the body got through it.
+    """Leave a `take_events` batch unacknowledged unless the body got through it; never crash the agent.
 
     `take_events` acks its batch in a `finally`, so a body that raised or was cancelled half-way (an
     agent crash, a stop, a rebalance) had its events committed without their effects: a batch lost.
@@ -149,6 +149,14 @@ def acked_only_when_done(batch: Sequence[EventT]) -> Iterator[None]:
     stops before them (Faust commits only up to the first gap) and they are delivered again: after the
     next rebalance or restart, or when app/repair.py finds the partition's commits blocked; the dedupe
     ring and the ledger make that harmless.
+
+    An exception is logged and *not* re-raised: the agent goes on with its next batch. Letting it
+    crash the agent loses events. Faust restarts a crashed agent on the same stream, but the crashed
+    `take_events` leaves the stream's background drainer running with acks switched back on and no
+    buffer to fill, so every message it pulls until the new agent's `take_events` starts is
+    acknowledged, and committed, without being processed (measured:
+    tests/integration/test_fastpath.py, 143 messages of the other partition in one restart).
+    Cancellation still propagates (a stop or a rebalance).
     """
     try:
         yield
@@ -156,12 +164,11 @@ def acked_only_when_done(batch: Sequence[EventT]) -> Iterator[None]:
         for event in batch:
             event.message.acked = True  # consumer.ack() ignores an acked message: no offset, no commit
         spans = offset_spans(event.message for event in batch)
-        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        if not isinstance(exc, Exception):  # CancelledError, GeneratorExit, KeyboardInterrupt
             logger.info("batch of %d events cancelled, not acknowledged: %s", len(batch), spans)
-        else:
-            logger.error("batch of %d events failed (%r), not acknowledged, to be delivered again: %s",
-                         len(batch), exc, spans)
-        raise
+            raise
+        logger.error("batch of %d events failed, not acknowledged, to be delivered again: %s",
+                     len(batch), spans, exc_info=exc)
 
 
 def offset_spans(messages: Iterable[Any]) -> str:

@@ -18,6 +18,13 @@ blocked at the same offset `STUCK_AFTER_S` later (`STUCK_IN_FLIGHT_AFTER_S` whil
 hole is still in memory) it seeks the partition back to its committed offset, between two fetch
 rounds (`seek_between_fetches`), and logs it. Re-reading is safe: every agent is idempotent on
 redelivery (the dedupe ring and the counted-offset ranges, app/counters.py).
+
+A hole of a *single* offset right at the committed one is worse: Faust commits over it, taking it for
+a non-data offset (a transaction marker), and the message is lost, not delayed (a clean-clone CI run
+on 2026-12-03: one event of 12,000 never forwarded after the SIGKILL test, nothing dead-lettered).
+`RepairingConsumer` remembers which offsets the fetch loop really returned (`FetchedOffsets`) and
+refuses a commit past a fetched record nobody acknowledged (`_new_offset`); the check above then
+reads it again. tests/integration/test_fastpath.py fails without it.
 """
 
 from __future__ import annotations
@@ -51,31 +58,99 @@ class Hole:
     """Offsets [committed, first_acked) of one partition: delivered, not acknowledged, blocking commits."""
 
     committed: int
-    first_acked: int
+    first_acked: int  # with nothing acknowledged: one past the fetched run that starts the hole
     in_flight: bool  # a message below first_acked is still unacknowledged in memory (it may yet be acked)
 
 
+class FetchedOffsets:
+    """Offsets known to hold a record, per partition, as sorted disjoint runs [first, last].
+
+    Faust's commit cannot tell a missing record from a non-data offset (a transaction marker, a
+    compacted-away record) when it is a single offset at the head of a partition's acknowledged
+    offsets, and commits over it. Remembering what the fetch loop really returned tells the two apart:
+    a fetched offset holds a record. Runs below each commit are forgotten, so this stays as small as
+    the uncommitted span (one run per partition in the normal case).
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[Any, list[list[int]]] = {}
+
+    def add(self, tp: Any, offsets: Iterable[int]) -> None:
+        runs = self._runs.setdefault(tp, [])
+        for offset in offsets:
+            if runs and runs[-1][0] <= offset <= runs[-1][1] + 1:  # the usual case: the next record
+                runs[-1][1] = max(runs[-1][1], offset)
+                continue
+            runs.append([offset, offset])  # after a seek: a run of its own, then merged in order
+            runs.sort()
+            merged = [runs[0]]
+            for first, last in runs[1:]:
+                if first <= merged[-1][1] + 1:
+                    merged[-1][1] = max(merged[-1][1], last)
+                else:
+                    merged.append([first, last])
+            runs[:] = merged
+
+    def of(self, tp: Any) -> FetchedOffsetsOf:
+        return FetchedOffsetsOf(self._runs.get(tp, []))
+
+    def forget_below(self, tp: Any, offset: int) -> None:
+        runs = self._runs.get(tp)
+        if not runs:
+            return
+        runs[:] = [[max(first, offset), last] for first, last in runs if last >= offset]
+
+
+@dataclass(frozen=True)
+class FetchedOffsetsOf:
+    """The fetched runs of one partition, for `offset in fetched.of(tp)`."""
+
+    runs: list[list[int]]
+
+    def __contains__(self, offset: object) -> bool:
+        return any(first <= offset <= last for first, last in self.runs)  # type: ignore[operator]
+
+    def run_end(self, offset: int) -> int:
+        """The last fetched offset of the run holding `offset` (which must be fetched)."""
+        return next(last for first, last in self.runs if first <= offset <= last)
+
+
 def holes(committed: Mapping[Any, int | None], acked: Mapping[Any, Sequence[int]],
-          in_flight: Iterable[tuple[Any, int]]) -> dict[Any, Hole]:
-    """Partitions whose next commit is blocked, as Faust's `_new_offset` sees them.
+          in_flight: Iterable[tuple[Any, int]], fetched: FetchedOffsets | None = None,
+          queued: Iterable[Any] = ()) -> dict[Any, Hole]:
+    """Partitions whose next commit is blocked, as `RepairingConsumer._new_offset` sees them.
 
     `committed` is Faust's next offset to read per partition, `acked` its acknowledged offsets not yet
-    committed, `in_flight` the (partition, offset) of messages delivered and not acknowledged yet. A
-    partition is blocked when its first acknowledged offset is more than one past the committed one
-    (Faust commits over a single missing offset, taking it for a non-data offset).
+    committed, `in_flight` the (partition, offset) of messages delivered and not acknowledged yet,
+    `fetched` the offsets the fetch loop returned, `queued` the partitions with a message waiting in a
+    stream queue. A partition is blocked when its first acknowledged offset is
+    - more than one past the committed one, or
+    - one past it while the committed offset held a fetched record: Faust alone would commit over a
+      single missing offset, taking it for a non-data offset; or when
+    - nothing is acknowledged, the record at the committed offset was fetched, and no message of the
+      partition waits in a queue: it went to a stream that is gone (an agent that crashed) and the
+      read offset has moved past it, so without a seek it never comes again.
     """
     lowest_in_flight: dict[Any, int] = {}
     for tp, offset in in_flight:
         if offset < lowest_in_flight.get(tp, offset + 1):
             lowest_in_flight[tp] = offset
+    waiting = set(queued)
     found: dict[Any, Hole] = {}
-    for tp, offsets in acked.items():
-        start = committed.get(tp)
-        if not offsets or not start:  # Faust does not block on an unknown or zero committed offset
+    for tp, start in committed.items():
+        if not start:  # Faust does not block on an unknown or zero committed offset
             continue
-        first = min(offsets)
-        if first - start > 1:
-            found[tp] = Hole(committed=start, first_acked=first, in_flight=lowest_in_flight.get(tp, first) < first)
+        fetched_here = fetched.of(tp) if fetched is not None else FetchedOffsetsOf([])
+        offsets = acked.get(tp)
+        if offsets:
+            first = min(offsets)
+            if not (first - start > 1 or (first - start == 1 and start in fetched_here)):
+                continue
+        elif start in fetched_here and tp not in waiting:
+            first = fetched_here.run_end(start) + 1
+        else:
+            continue
+        found[tp] = Hole(committed=start, first_acked=first, in_flight=lowest_in_flight.get(tp, first) < first)
     return found
 
 
@@ -87,10 +162,50 @@ class RepairingConsumer(CommitGateConsumer):
         self._holes_seen: dict[TP, tuple[int, float]] = {}  # partition -> (blocked at offset, since)
         self.repairs = 0  # partitions sought back so far, for tests and the logs
         self.fetch_rounds = 0  # calls of the fetch loop's `_wait_next_records`: a new round began
+        self.skipped_unprocessed = 0  # messages a stream skipped (rebalance, stop) and `ack` kept uncommitted
+        self.fetched = FetchedOffsets()  # offsets known to hold a record, from the fetch loop's batches
+
+    def ack(self, message: Any) -> bool:
+        """Record `message` as safe to commit only if a stream really took it for processing.
+
+        Faust's pure-Python stream iterator (used where its Cython extension is not installed)
+        acknowledges a message it *skips* - one that reaches it while flow control is suspended (a
+        rebalance or a stop has begun) or that carries an earlier consumer generation - "otherwise the
+        lag would increase" (faust/streams.py `_py_aiter`); the rebalance then commits while waiting
+        for the streams to empty, so a skipped message at the head of a partition would be committed
+        without ever being processed. (The Cython iterator does not acknowledge it.) A processed
+        message is `tracked` by the stream before the agent sees it, a skipped one never is: it is
+        marked acked here, so nothing counts it, and read again from the committed offset.
+        """
+        if not message.tracked and not message.acked:
+            message.acked = True
+            self.skipped_unprocessed += 1
+            return False
+        return super().ack(message)
 
     async def _wait_next_records(self, timeout: float) -> Any:
         self.fetch_rounds += 1
-        return await super()._wait_next_records(timeout)
+        records, active = await super()._wait_next_records(timeout)
+        if records:
+            for tp, messages in records.items():
+                self.fetched.add(tp, [m.offset for m in messages])
+        return records, active
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """Faust's next commit offset, except over a fetched record nobody acknowledged (module docstring)."""
+        committed = self._committed_offset[tp]
+        if (committed and self._acked[tp] and committed not in self._acked_index[tp]
+                and committed in self.fetched.of(tp)):
+            return None
+        offset = super()._new_offset(tp)
+        if offset is not None:
+            self.fetched.forget_below(tp, offset)
+        return offset
+
+    def _queued(self) -> set[Any]:
+        """Partitions with a message waiting in a stream queue (delivered, not yet taken by a stream)."""
+        channels = {id(channel): channel for chans in self.app.topics._tp_index.values() for channel in chans}
+        return {event.message.tp for channel in channels.values() for event in list(channel.queue._queue)}
 
     def _in_flight(self) -> Iterable[tuple[TP, int]]:
         return ((m.tp, m.offset) for m in list(self._unacked_messages) if not m.acked)
@@ -110,8 +225,9 @@ class RepairingConsumer(CommitGateConsumer):
         assigned = self.assignment()
 
         def blocked() -> dict[TP, Hole]:
-            found = holes(self._committed_offset, self._acked, self._in_flight())
-            return {tp: hole for tp, hole in found.items() if tp in assigned}
+            found = holes(self._committed_offset, self._acked, self._in_flight(), self.fetched, self._queued())
+            # a partition Faust paused (table recovery, flow control) is not read on purpose
+            return {tp: hole for tp, hole in found.items() if tp in assigned and tp not in self._paused_partitions}
 
         found = blocked()
         if any(hole.in_flight for hole in found.values()):

@@ -1,9 +1,10 @@
 """A Faust app on app/fastpath.py that logs every event it gets: run as a child by test_fastpath.py.
 
-Usage: python -m tests.integration.fastpath_app BOOTSTRAP GROUP TOPIC OUTFILE [FAIL_AT]
+Usage: python -m tests.integration.fastpath_app BOOTSTRAP GROUP TOPIC OUTFILE [FAIL_AT [BATCH]]
 Each event becomes one line "partition offset value" in OUTFILE, written after its batch. With FAIL_AT,
 the first batch holding that value raises instead (its events go to OUTFILE.failed), as a bug or a
-failing store would: Faust restarts the agent, and the batch must not count as processed.
+failing store would: the batch must not count as processed, and the agent goes on. BATCH (default
+100) is the take_events size; 1 makes the failed batch a single message.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from app.fastpath import StreamRecApp
 from app.faust_app import acked_only_when_done
 
 
-def main(bootstrap: str, group: str, topic_name: str, out: Path, fail_at: int | None = None) -> None:
+def main(bootstrap: str, group: str, topic_name: str, out: Path, fail_at: int | None = None,
+         batch_size: int = 100) -> None:
     (out.parent / f"{group}-data").mkdir(parents=True, exist_ok=True)
     app = StreamRecApp(group, broker=f"kafka://{bootstrap}", datadir=str(out.parent / f"{group}-data"),
                        web_enabled=False, topic_allow_declare=False, consumer_auto_offset_reset="earliest",
@@ -28,7 +30,7 @@ def main(bootstrap: str, group: str, topic_name: str, out: Path, fail_at: int | 
     @app.agent(topic)
     async def record(stream: faust.StreamT) -> None:
         with out.open("a") as log:
-            async for batch in stream.take_events(100, 0.05):
+            async for batch in stream.take_events(batch_size, 0.05):
                 with acked_only_when_done(batch):
                     lines = [f"{e.message.partition} {e.message.offset} {e.value.decode()}\n" for e in batch]
                     failed = out.with_suffix(".failed")
@@ -42,4 +44,5 @@ def main(bootstrap: str, group: str, topic_name: str, out: Path, fail_at: int | 
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else None)
+    main(sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else None,
+         int(sys.argv[6]) if len(sys.argv) > 6 else 100)

@@ -175,3 +175,31 @@ def test_a_failed_batch_comes_back_in_the_same_worker_and_commits_reach_the_end(
     assert {v for _, _, v in got} == set(range(sent[0]))  # the failed batch too, in the same process
     log = stderr.read_text(errors="replace")
     assert repaired in log, log[-3000:]
+
+
+def test_a_single_failed_message_at_the_committed_offset_is_read_again_not_committed_over(
+        broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """app/repair.py `_new_offset`: Faust alone commits over one missing offset at the head of the acks.
+
+    With batches of one message, the failed batch is a single offset; everything after it is acked,
+    so Faust's commit (which takes a lone missing offset for a non-data one) would skip it for good:
+    the value is never processed and the committed offsets still reach the end. The fetched-offset
+    check blocks that commit, and the blocked-partition check reads the message again.
+    """
+    topic, group = f"onehole-{uuid.uuid4().hex[:8]}", f"onehole-{uuid.uuid4().hex[:8]}"
+    asyncio.run(_create(broker.bootstrap, topic))
+    values = range(400)
+    asyncio.run(_produce(broker.bootstrap, topic, values))
+    run = tmp_path / "run.log"
+
+    def all_done() -> bool:
+        processed = {v for _, _, v in _lines(run)}
+        committed = asyncio.run(_committed(broker.bootstrap, group, topic))
+        return set(values) <= processed and sum(committed.values()) == len(values)
+
+    got = _run_until(broker.bootstrap, group, topic, run, 0, "200", "1", until=all_done, timeout_s=120)
+    failed = _lines(run.with_suffix(".failed"))
+    assert [v for _, _, v in failed] == [200]  # a batch of one message
+    assert {v for _, _, v in got} == set(values)  # 200 too, read again in the same process
+    log = run.with_suffix(".stderr").read_text(errors="replace")
+    assert "reading the partition again from offset" in log, log[-3000:]

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from app.faust_app import offset_spans
-from app.repair import Hole, holes
+import asyncio
+
+import pytest
+from faust.transport.consumer import Consumer as FaustConsumer
+from faust.types import TP
+from faust.types.tuples import ConsumerMessage
+
+from app.faust_app import acked_only_when_done, build_runtime, offset_spans
+from app.repair import FetchedOffsets, Hole, RepairingConsumer, holes
+from app.settings import Settings
 
 
 def test_a_partition_acked_from_its_committed_offset_is_not_blocked() -> None:
@@ -14,7 +22,7 @@ def test_acked_offsets_past_a_gap_block_the_partition() -> None:
     assert holes({"a": 10}, {"a": [14, 15]}, []) == {"a": Hole(committed=10, first_acked=14, in_flight=False)}
 
 
-def test_a_gap_of_one_offset_does_not_block_as_faust_commits_over_it() -> None:
+def test_a_gap_of_one_offset_not_known_to_hold_a_record_does_not_block() -> None:
     assert holes({"a": 10}, {"a": [11, 12]}, []) == {}
 
 
@@ -40,3 +48,86 @@ class _Message:
 def test_offset_spans_name_each_partition_with_its_lowest_and_highest_offset() -> None:
     messages = [_Message("t", 1, 7), _Message("t", 0, 3), _Message("t", 1, 4), _Message("u", 0, 9)]
     assert offset_spans(messages) == "t/0 3-3, t/1 4-7, u/0 9-9"
+
+
+def test_a_gap_of_one_offset_blocks_when_that_offset_was_fetched() -> None:
+    fetched = FetchedOffsets()
+    fetched.add("a", range(10, 13))
+    assert holes({"a": 10}, {"a": [11, 12]}, [], fetched) == {"a": Hole(10, 11, in_flight=False)}
+    assert holes({"a": 10}, {"a": [11, 12]}, [], FetchedOffsets()) == {}  # never fetched: a non-data offset
+
+
+def test_a_fetched_record_with_nothing_acknowledged_blocks_unless_it_waits_in_a_queue() -> None:
+    fetched = FetchedOffsets()
+    fetched.add("a", range(229, 240))
+    assert holes({"a": 229}, {"a": []}, [], fetched) == {"a": Hole(229, 240, in_flight=False)}
+    assert holes({"a": 229}, {"a": []}, [], fetched, queued=["a"]) == {}  # a stream will still take it
+    assert holes({"a": 229}, {"a": []}, [("a", 229)], fetched) == {"a": Hole(229, 240, in_flight=True)}
+    assert holes({"a": 240}, {"a": []}, [], fetched) == {}  # all of it committed: the normal idle state
+
+
+def test_fetched_offsets_keep_disjoint_runs_and_forget_what_is_committed() -> None:
+    fetched = FetchedOffsets()
+    fetched.add("a", [5, 6, 7, 8])
+    fetched.add("a", [20, 21])  # a seek forward
+    fetched.add("a", [3, 4, 5, 6])  # a seek back: merges with the first run
+    assert fetched.of("a").runs == [[3, 8], [20, 21]]
+    assert 4 in fetched.of("a") and 9 not in fetched.of("a") and 21 in fetched.of("a")
+    assert fetched.of("a").run_end(4) == 8
+    fetched.forget_below("a", 7)
+    assert fetched.of("a").runs == [[7, 8], [20, 21]]
+    fetched.forget_below("a", 22)
+    assert fetched.of("a").runs == [] and 7 not in fetched.of("b")
+
+
+def _consumer_message(offset: int) -> ConsumerMessage:
+    return ConsumerMessage("t", 0, offset, 0.0, 0, None, None, b"x", None)
+
+
+def test_the_consumer_does_not_commit_over_a_fetched_record_that_nobody_acknowledged() -> None:
+    """The real consumer class of every worker (no broker needed to compute a commit offset)."""
+    consumer = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="repair-unit")).app.consumer
+    assert isinstance(consumer, RepairingConsumer)
+    consumer.app.topics.acks_enabled_for = lambda topic: True
+    tp = TP("t", 0)
+    consumer._committed_offset[tp] = 10
+    for offset in (11, 12):
+        message = _consumer_message(offset)
+        message.tracked = True  # taken by a stream
+        assert consumer.ack(message)
+    assert FaustConsumer._new_offset(consumer, tp) == 13  # Faust alone: 10 committed over
+    consumer._acked[tp], consumer._acked_index[tp] = [11, 12], {11, 12}
+    consumer.fetched.add(tp, [10, 11, 12])
+    assert consumer._new_offset(tp) is None  # 10 was a record: wait for it
+    done = _consumer_message(10)
+    done.tracked = True
+    consumer.ack(done)
+    assert consumer._new_offset(tp) == 13
+    assert consumer.fetched.of(tp).runs == []  # forgotten once committed
+
+
+def test_a_message_a_stream_skipped_is_not_recorded_as_safe_to_commit() -> None:
+    consumer = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="repair-skip")).app.consumer
+    consumer.app.topics.acks_enabled_for = lambda topic: True
+    skipped = _consumer_message(3)  # never tracked: a stream skipped it (rebalance, stop)
+    assert not consumer.ack(skipped) and skipped.acked
+    assert consumer._acked[TP("t", 0)] == [] and consumer.skipped_unprocessed == 1
+
+
+class _Event:
+    def __init__(self, offset: int) -> None:
+        self.message = _consumer_message(offset)
+
+
+def test_a_failed_batch_is_left_unacknowledged_and_the_agent_goes_on() -> None:
+    batch = [_Event(1), _Event(2)]
+    with acked_only_when_done(batch):
+        raise ValueError("a bug on some input")  # swallowed: re-raising would crash the agent
+    assert all(event.message.acked for event in batch)  # so take_events' ack cannot record them
+
+
+def test_a_cancelled_batch_is_left_unacknowledged_and_the_cancellation_goes_on() -> None:
+    batch = [_Event(1)]
+    with pytest.raises(asyncio.CancelledError), acked_only_when_done(batch):
+        raise asyncio.CancelledError
+    assert batch[0].message.acked
