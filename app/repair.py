@@ -279,5 +279,8 @@ class RepairingConsumer(CommitGateConsumer):
             await self.seek(tp, offset)
             return True
         finally:
-            if self.app.consumer_generation_id == generation and tp in self.assignment():
+            resumed = self.app.consumer_generation_id == generation and tp in self.assignment()
+            if resumed:
                 self.resume_partitions([tp])
+            logger.info("%s/%d: %s", tp.topic, tp.partition,
+                        "resumed" if resumed else "left paused: the assignment changed meanwhile (the rebalance resumes it)")

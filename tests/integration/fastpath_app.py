@@ -4,24 +4,27 @@ Usage: python -m tests.integration.fastpath_app BOOTSTRAP GROUP TOPIC OUTFILE [F
 Each event becomes one line "partition offset value" in OUTFILE, written after its batch. With FAIL_AT,
 the first batch holding that value raises instead (its events go to OUTFILE.failed), as a bug or a
 failing store would: the batch must not count as processed, and the agent goes on. BATCH (default
-100) is the take_events size; 1 makes the failed batch a single message.
+100) is the take_events size; 1 makes the failed batch a single message. STREAMREC_FAUST_FASTPATH=false
+runs it on Faust's own loop with the worker's default consumer instead.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import faust
 
-from app.fastpath import StreamRecApp
+from app.fastpath import app_class
 from app.faust_app import acked_only_when_done
 
 
 def main(bootstrap: str, group: str, topic_name: str, out: Path, fail_at: int | None = None,
          batch_size: int = 100) -> None:
     (out.parent / f"{group}-data").mkdir(parents=True, exist_ok=True)
-    app = StreamRecApp(group, broker=f"kafka://{bootstrap}", datadir=str(out.parent / f"{group}-data"),
+    fastpath = os.environ.get("STREAMREC_FAUST_FASTPATH", "true").lower() == "true"  # as the worker reads it
+    app = app_class(fastpath)(group, broker=f"kafka://{bootstrap}", datadir=str(out.parent / f"{group}-data"),
                        web_enabled=False, topic_allow_declare=False, consumer_auto_offset_reset="earliest",
                        broker_rebalance_timeout=3.0, broker_heartbeat_interval=1.0, broker_session_timeout=10.0,
                        broker_commit_interval=0.5, stream_buffer_maxsize=256)  # small: the full-queue path runs

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -132,8 +133,9 @@ def test_a_failed_batch_is_not_committed_and_comes_back_after_a_restart(broker: 
     assert {v for _, _, v in failed} <= {v for _, _, v in again}  # processed after the restart
 
 
-def test_a_failed_batch_comes_back_in_the_same_worker_and_commits_reach_the_end(broker: EmbeddedBroker,
-                                                                                tmp_path: Path) -> None:
+@pytest.mark.parametrize("fastpath", ["true", "false"])
+def test_a_failed_batch_comes_back_in_the_same_worker_and_commits_reach_the_end(
+        broker: EmbeddedBroker, tmp_path: Path, fastpath: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """app/repair.py: the failed batch's hole blocks the commits until the worker reads the partition again.
 
     Messages keep arriving while it does, so the seek happens with fetched batches in flight: a seek
@@ -141,6 +143,7 @@ def test_a_failed_batch_comes_back_in_the_same_worker_and_commits_reach_the_end(
     (missing values here). Without the repair the failed events are processed only after a restart,
     and the committed offset stays below them however long the worker runs (the first test above).
     """
+    monkeypatch.setenv("STREAMREC_FAUST_FASTPATH", fastpath)  # the child app: fast path or Faust's own loop
     topic, group = f"repair-{uuid.uuid4().hex[:8]}", f"repair-{uuid.uuid4().hex[:8]}"
     asyncio.run(_create(broker.bootstrap, topic))
     first = range(2000)
@@ -177,8 +180,9 @@ def test_a_failed_batch_comes_back_in_the_same_worker_and_commits_reach_the_end(
     assert repaired in log, log[-3000:]
 
 
+@pytest.mark.parametrize("fastpath", ["true", "false"])
 def test_a_single_failed_message_at_the_committed_offset_is_read_again_not_committed_over(
-        broker: EmbeddedBroker, tmp_path: Path) -> None:
+        broker: EmbeddedBroker, tmp_path: Path, fastpath: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """app/repair.py `_new_offset`: Faust alone commits over one missing offset at the head of the acks.
 
     With batches of one message, the failed batch is a single offset; everything after it is acked,
@@ -186,6 +190,7 @@ def test_a_single_failed_message_at_the_committed_offset_is_read_again_not_commi
     the value is never processed and the committed offsets still reach the end. The fetched-offset
     check blocks that commit, and the blocked-partition check reads the message again.
     """
+    monkeypatch.setenv("STREAMREC_FAUST_FASTPATH", fastpath)
     topic, group = f"onehole-{uuid.uuid4().hex[:8]}", f"onehole-{uuid.uuid4().hex[:8]}"
     asyncio.run(_create(broker.bootstrap, topic))
     values = range(400)
