@@ -76,43 +76,42 @@ class FetchedOffsets:
         self._runs: dict[Any, list[list[int]]] = {}
 
     def add(self, tp: Any, offsets: Iterable[int]) -> None:
-        runs = self._runs.setdefault(tp, [])
+        """Record a fetched batch: its offsets are folded into runs first, so a batch costs one merge."""
+        batch: list[list[int]] = []
         for offset in offsets:
-            if runs and runs[-1][0] <= offset <= runs[-1][1] + 1:  # the usual case: the next record
-                runs[-1][1] = max(runs[-1][1], offset)
+            if batch and offset == batch[-1][1] + 1:
+                batch[-1][1] = offset
+            else:
+                batch.append([offset, offset])
+        runs = self._runs.setdefault(tp, [])
+        for first, last in batch:
+            if runs and runs[-1][0] <= first <= runs[-1][1] + 1:  # the usual case: the next records
+                runs[-1][1] = max(runs[-1][1], last)
                 continue
-            runs.append([offset, offset])  # after a seek: a run of its own, then merged in order
+            runs.append([first, last])  # after a seek: merged in order with the runs already there
             runs.sort()
             merged = [runs[0]]
-            for first, last in runs[1:]:
-                if first <= merged[-1][1] + 1:
-                    merged[-1][1] = max(merged[-1][1], last)
+            for lo, hi in runs[1:]:
+                if lo <= merged[-1][1] + 1:
+                    merged[-1][1] = max(merged[-1][1], hi)
                 else:
-                    merged.append([first, last])
+                    merged.append([lo, hi])
             runs[:] = merged
 
-    def of(self, tp: Any) -> FetchedOffsetsOf:
-        return FetchedOffsetsOf(self._runs.get(tp, []))
+    def runs(self, tp: Any) -> list[list[int]]:
+        return self._runs.get(tp, [])
+
+    def holds(self, tp: Any, offset: int) -> bool:
+        return any(first <= offset <= last for first, last in self.runs(tp))
+
+    def run_end(self, tp: Any, offset: int) -> int:
+        """The last fetched offset of the run holding `offset` (which must be fetched)."""
+        return next(last for first, last in self.runs(tp) if first <= offset <= last)
 
     def forget_below(self, tp: Any, offset: int) -> None:
         runs = self._runs.get(tp)
-        if not runs:
-            return
-        runs[:] = [[max(first, offset), last] for first, last in runs if last >= offset]
-
-
-@dataclass(frozen=True)
-class FetchedOffsetsOf:
-    """The fetched runs of one partition, for `offset in fetched.of(tp)`."""
-
-    runs: list[list[int]]
-
-    def __contains__(self, offset: object) -> bool:
-        return any(first <= offset <= last for first, last in self.runs)  # type: ignore[operator]
-
-    def run_end(self, offset: int) -> int:
-        """The last fetched offset of the run holding `offset` (which must be fetched)."""
-        return next(last for first, last in self.runs if first <= offset <= last)
+        if runs:
+            runs[:] = [[max(first, offset), last] for first, last in runs if last >= offset]
 
 
 def holes(committed: Mapping[Any, int | None], acked: Mapping[Any, Sequence[int]],
@@ -136,18 +135,19 @@ def holes(committed: Mapping[Any, int | None], acked: Mapping[Any, Sequence[int]
         if offset < lowest_in_flight.get(tp, offset + 1):
             lowest_in_flight[tp] = offset
     waiting = set(queued)
+    known = fetched if fetched is not None else FetchedOffsets()
     found: dict[Any, Hole] = {}
     for tp, start in committed.items():
         if not start:  # Faust does not block on an unknown or zero committed offset
             continue
-        fetched_here = fetched.of(tp) if fetched is not None else FetchedOffsetsOf([])
+        start_fetched = known.holds(tp, start)
         offsets = acked.get(tp)
         if offsets:
             first = min(offsets)
-            if not (first - start > 1 or (first - start == 1 and start in fetched_here)):
+            if not (first - start > 1 or (first - start == 1 and start_fetched)):
                 continue
-        elif start in fetched_here and tp not in waiting:
-            first = fetched_here.run_end(start) + 1
+        elif start_fetched and tp not in waiting:
+            first = known.run_end(tp, start) + 1
         else:
             continue
         found[tp] = Hole(committed=start, first_acked=first, in_flight=lowest_in_flight.get(tp, first) < first)
@@ -195,7 +195,7 @@ class RepairingConsumer(CommitGateConsumer):
         """Faust's next commit offset, except over a fetched record nobody acknowledged (module docstring)."""
         committed = self._committed_offset[tp]
         if (committed and self._acked[tp] and committed not in self._acked_index[tp]
-                and committed in self.fetched.of(tp)):
+                and self.fetched.holds(tp, committed)):
             return None
         offset = super()._new_offset(tp)
         if offset is not None:

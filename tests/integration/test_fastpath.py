@@ -63,6 +63,13 @@ def _lines(path: Path) -> list[tuple[int, int, int]]:
     return [tuple(int(x) for x in line.split()) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _processed_and_committed(bootstrap: str, group: str, topic: str, out: Path, n: int) -> bool:
+    """Values 0..n-1 are all in OUT and the group's committed offsets add up to n (nothing left to read)."""
+    processed = {v for _, _, v in _lines(out)}
+    committed = asyncio.run(_committed(bootstrap, group, topic))
+    return set(range(n)) <= processed and sum(committed.values()) == n
+
+
 def _run_until(bootstrap: str, group: str, topic: str, out: Path, expect: int,
                *extra: str, until: Callable[[], bool] | None = None, timeout_s: float = 120) -> list[tuple[int, int, int]]:
     """Run the child app until OUT has `expect` lines (or `until()` holds), then SIGTERM it; its log is OUT.stderr."""
@@ -166,11 +173,7 @@ def test_a_failed_batch_comes_back_in_the_same_worker_and_commits_reach_the_end(
     sender.start()
 
     def all_done() -> bool:
-        if sender.is_alive():
-            return False
-        processed = {v for _, _, v in _lines(run)}
-        committed = asyncio.run(_committed(broker.bootstrap, group, topic))
-        return set(range(sent[0])) <= processed and sum(committed.values()) == sent[0]
+        return not sender.is_alive() and _processed_and_committed(broker.bootstrap, group, topic, run, sent[0])
 
     got = _run_until(broker.bootstrap, group, topic, run, 0, "1000", until=all_done, timeout_s=240)
     failed = _lines(run.with_suffix(".failed"))
@@ -198,9 +201,7 @@ def test_a_single_failed_message_at_the_committed_offset_is_read_again_not_commi
     run = tmp_path / "run.log"
 
     def all_done() -> bool:
-        processed = {v for _, _, v in _lines(run)}
-        committed = asyncio.run(_committed(broker.bootstrap, group, topic))
-        return set(values) <= processed and sum(committed.values()) == len(values)
+        return _processed_and_committed(broker.bootstrap, group, topic, run, len(values))
 
     got = _run_until(broker.bootstrap, group, topic, run, 0, "200", "1", until=all_done, timeout_s=120)
     failed = _lines(run.with_suffix(".failed"))

@@ -71,13 +71,21 @@ def test_fetched_offsets_keep_disjoint_runs_and_forget_what_is_committed() -> No
     fetched.add("a", [5, 6, 7, 8])
     fetched.add("a", [20, 21])  # a seek forward
     fetched.add("a", [3, 4, 5, 6])  # a seek back: merges with the first run
-    assert fetched.of("a").runs == [[3, 8], [20, 21]]
-    assert 4 in fetched.of("a") and 9 not in fetched.of("a") and 21 in fetched.of("a")
-    assert fetched.of("a").run_end(4) == 8
+    assert fetched.runs("a") == [[3, 8], [20, 21]]
+    assert fetched.holds("a", 4) and not fetched.holds("a", 9) and fetched.holds("a", 21)
+    assert fetched.run_end("a", 4) == 8
     fetched.forget_below("a", 7)
-    assert fetched.of("a").runs == [[7, 8], [20, 21]]
+    assert fetched.runs("a") == [[7, 8], [20, 21]]
     fetched.forget_below("a", 22)
-    assert fetched.of("a").runs == [] and 7 not in fetched.of("b")
+    assert fetched.runs("a") == [] and not fetched.holds("b", 7)
+
+
+def test_fetched_offsets_fold_a_batch_with_a_jump_into_runs() -> None:
+    fetched = FetchedOffsets()
+    fetched.add("a", [10, 11, 12, 15, 16])  # a non-data offset or two inside one fetched batch
+    fetched.add("a", [17, 18])
+    fetched.add("a", [13, 14])  # read again after a seek: fills the gap
+    assert fetched.runs("a") == [[10, 18]]
 
 
 def _consumer_message(offset: int) -> ConsumerMessage:
@@ -103,7 +111,7 @@ def test_the_consumer_does_not_commit_over_a_fetched_record_that_nobody_acknowle
     done.tracked = True
     consumer.ack(done)
     assert consumer._new_offset(tp) == 13
-    assert consumer.fetched.of(tp).runs == []  # forgotten once committed
+    assert consumer.fetched.runs(tp) == []  # forgotten once committed
 
 
 def test_a_message_a_stream_skipped_is_not_recorded_as_safe_to_commit() -> None:
