@@ -81,6 +81,25 @@ class WorkerProcess:
                                             or "[ERROR]" in line) and not any(x in line for x in noise)]
         return "\n".join(found[-n:])
 
+    def diagnose(self) -> str:
+        """The worker's /debug/pipeline snapshot and a py-spy dump of its threads, for a failure message.
+
+        Written for the moment a test gives up on a stuck worker: each part reports its own failure."""
+        parts = []
+        try:
+            parts.append("pipeline state: " + self.get("/debug/pipeline", timeout=10.0).text)
+        except httpx.HTTPError as exc:
+            parts.append(f"pipeline state unavailable: {exc!r}")
+        if self.proc is not None and self.proc.poll() is None:
+            spy = Path(sys.executable).with_name("py-spy")
+            try:
+                dump = subprocess.run([str(spy), "dump", "--pid", str(self.proc.pid)], capture_output=True,
+                                      text=True, timeout=60)
+                parts.append("py-spy dump:\n" + dump.stdout + dump.stderr)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                parts.append(f"py-spy dump failed: {exc!r}")
+        return "\n".join(parts)
+
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited within timeout_s; returns the exit code."""
         if self.proc is None or self.proc.poll() is not None:

@@ -20,6 +20,7 @@ from app.broker import EmbeddedBroker
 from app.counters import totals
 from app.dashboard import dashboard_routes
 from app.faust_app import StreamRec, build_runtime
+from app.introspect import pipeline_state
 from app.kafka import ensure_topics, producer
 from app.services import Services
 from app.settings import Settings
@@ -60,6 +61,9 @@ def build_worker_runtime(settings: Settings) -> StreamRec:
     async def stats(_: web.Request) -> web.Response:
         return web.json_response(totals(sr.stats.items()))
 
+    async def debug_pipeline(_: web.Request) -> web.Response:
+        return web.json_response(pipeline_state(sr.app), dumps=lambda v: orjson.dumps(v, default=str).decode())
+
     async def user_state(request: web.Request) -> web.Response:
         """This worker's table rows for a user (operators and tests; 404 when it holds none)."""
         key = request.match_info["user_id"].encode()
@@ -72,7 +76,8 @@ def build_worker_runtime(settings: Settings) -> StreamRec:
     @sr.app.task
     async def startup() -> None:
         sr.set_store(await open_store(settings))
-        routes = [web.get("/stats", stats), web.get("/users/{user_id}/state", user_state),
+        routes = [web.get("/stats", stats), web.get("/debug/pipeline", debug_pipeline),
+                  web.get("/users/{user_id}/state", user_state),
                   *api_routes(lambda: sr.extras.get("store"), LazyProducer(lambda: producer(settings)),
                               sr.services.limits),
                   *dashboard_routes(sr)]

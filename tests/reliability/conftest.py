@@ -215,8 +215,10 @@ class Cluster:
             else:
                 zero_before = False
             time.sleep(1.0)
+        diagnosis = worker.diagnose()
+        (self.data_dir / "stuck-diagnosis.txt").write_text(diagnosis)
         raise TimeoutError(f"lag not 0 after {timeout_s}s: {self.lag()}\nwarnings and errors:\n"
-                           f"{worker.log_problems()}\nlog tail:\n{worker.log_tail()}")
+                           f"{worker.log_problems()}\nlog tail:\n{worker.log_tail()}\n{diagnosis}")
 
     def stored_profiles(self) -> dict[str, dict]:
         """The latest profile snapshot per user from the worker's SQLite store (payload = the full profile)."""
