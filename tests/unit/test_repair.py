@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
+from mode.threads import QueueServiceThread
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
@@ -112,6 +114,37 @@ def test_the_consumer_does_not_commit_over_a_fetched_record_that_nobody_acknowle
     consumer.ack(done)
     assert consumer._new_offset(tp) == 13
     assert consumer.fetched.runs(tp) == []  # forgotten once committed
+
+
+class _SeekRecordingThread(QueueServiceThread):
+    """A real mode service thread (what Faust runs aiokafka in) that records where `seek` ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seeks: list[tuple[threading.Thread, TP, int]] = []
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((threading.current_thread(), tp, offset))
+
+
+def test_a_repair_seeks_on_the_consumer_thread_not_on_the_apps() -> None:
+    """aiokafka's seek touches fetcher state owned by the consumer thread's loop (app/repair.py)."""
+    consumer = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="repair-seek")).app.consumer
+    tp = TP("t", 1)
+
+    async def go() -> _SeekRecordingThread:
+        thread = _SeekRecordingThread()
+        await thread.start()
+        try:
+            consumer._thread = thread
+            await consumer.seek_in_consumer_thread(tp, 7)
+        finally:
+            await thread.stop()
+        return thread
+
+    [(ran_on, sought, offset)] = asyncio.run(go()).seeks
+    assert ran_on is not threading.main_thread() and (sought, offset) == (tp, 7)
+    assert consumer._read_offset[tp] == 7  # the fetch loop delivers offsets from 7 on again
 
 
 def test_a_message_a_stream_skipped_is_not_recorded_as_safe_to_commit() -> None:
