@@ -5,11 +5,14 @@ Each event becomes one line "partition offset value" in OUTFILE, written after i
 the first batch holding that value raises instead (its events go to OUTFILE.failed), as a bug or a
 failing store would: the batch must not count as processed, and the agent goes on. BATCH (default
 100) is the take_events size; 1 makes the failed batch a single message. STREAMREC_FAUST_FASTPATH=false
-runs it on Faust's own loop with the worker's default consumer instead.
+runs it on Faust's own loop with the worker's default consumer instead. FASTPATH_APP_SEEK_EVERY_S
+makes it seek every partition back to its committed offset that often, the way app/repair.py does,
+while it fetches (each seek logs "sought back").
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -42,6 +45,16 @@ def main(bootstrap: str, group: str, topic_name: str, out: Path, fail_at: int | 
                         raise RuntimeError(f"planted failure in the batch holding {fail_at}")
                     log.writelines(lines)
                     log.flush()
+
+    seek_every = float(os.environ.get("FASTPATH_APP_SEEK_EVERY_S", "0"))
+    if seek_every:
+        @app.timer(seek_every)
+        async def seek_back() -> None:
+            consumer = app.consumer
+            for tp in sorted(consumer.assignment()):
+                committed = consumer._committed_offset.get(tp)
+                if tp.topic == topic_name and committed and await consumer.seek_between_fetches(tp, committed):
+                    logging.getLogger("fastpath_app").warning("sought back %s to %d", tp, committed)
 
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
