@@ -250,20 +250,18 @@ class RepairingConsumer(CommitGateConsumer):
                            len(self._acked[tp]), now - since, hole.committed)
             await self.seek_between_fetches(tp, hole.committed)
 
-    async def seek_in_consumer_thread(self, tp: TP, offset: int) -> None:
-        """Faust's `seek`, but with aiokafka's part run on the consumer's own thread.
+    async def _seek(self, partition: TP, offset: int) -> None:
+        """aiokafka's seek, run on the consumer's own thread.
 
-        Faust runs aiokafka in a thread with its own event loop, yet its `seek` calls aiokafka's
-        `seek` from the app's thread: that drops the partition's fetched records and wakes the fetch
-        routine's future from the wrong thread. Seen twice in the reduced SIGKILL test after a repair:
-        the consumer thread's `fetched_records` iterating the records dict raised KeyError (the
-        fetcher crashed, the worker stopped), and a run where the fetch loop never delivered again
-        (every topic's lag frozen for 300 s). Faust's own seeks happen during a rebalance, while the
-        fetcher waits for the assignment; this one runs while it fetches.
+        Faust runs aiokafka in a thread with its own event loop, yet its `_seek` calls aiokafka's
+        `seek` from the app's thread, which deletes the partition's fetched records and completes the
+        fetch routine's future from the wrong thread. After a repair in the reduced SIGKILL test the
+        consumer thread's `fetched_records`, iterating those records, raised KeyError; the fetcher
+        crashed and the worker stopped (the same traceback as robinhood/aiokafka#19). Faust itself
+        seeks through `seek_wait`/`seek_to_committed`, which already run on the thread; this makes
+        `Consumer.seek` (the repair's) safe too.
         """
-        thread = self._thread
-        await thread.call_thread(thread.seek, tp, offset)
-        self._read_offset[tp] = offset if offset else None  # what Faust's seek does after its _seek
+        await self._thread.call_thread(self._thread.seek, partition, offset)
 
     async def seek_between_fetches(self, tp: TP, offset: int) -> bool:
         """Seek `tp` to `offset` while the fetch loop holds none of its records; False if it could not.
@@ -291,7 +289,7 @@ class RepairingConsumer(CommitGateConsumer):
                 logger.warning("%s/%d: fetch loop did not start a new round within %.0fs; not sought back",
                                tp.topic, tp.partition, FETCH_ROUND_WAIT_S)
                 return False
-            await self.seek_in_consumer_thread(tp, offset)
+            await self.seek(tp, offset)
             return True
         finally:
             resumed = self.app.consumer_generation_id == generation and tp in self.assignment()

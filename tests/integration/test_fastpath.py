@@ -214,7 +214,7 @@ def test_a_single_failed_message_at_the_committed_offset_is_read_again_not_commi
 @pytest.mark.parametrize("fastpath", ["true", "false"])
 def test_seeks_while_fetching_neither_crash_nor_stall_the_fetch_loop(
         broker: EmbeddedBroker, tmp_path: Path, fastpath: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """app/repair.py `seek_in_consumer_thread`: the repair's seek runs on aiokafka's own thread.
+    """app/repair.py `_seek`: the repair's seek runs on aiokafka's own thread.
 
     Faust's seek calls aiokafka's from the app's thread, racing the consumer thread's fetcher: after a
     repair in the SIGKILL test the fetcher crashed (KeyError in `fetched_records`). Here the child

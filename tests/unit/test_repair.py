@@ -137,7 +137,7 @@ def test_a_repair_seeks_on_the_consumer_thread_not_on_the_apps() -> None:
         await thread.start()
         try:
             consumer._thread = thread
-            await consumer.seek_in_consumer_thread(tp, 7)
+            await consumer.seek(tp, 7)  # Faust's seek, through our _seek
         finally:
             await thread.stop()
         return thread
