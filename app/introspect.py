@@ -15,20 +15,19 @@ from typing import Any
 
 import faust
 
+from app.repair import lowest_per_partition
+
 
 def _guarded(read: Callable[[], Any]) -> Any:
     try:
         return read()
-    except Exception as exc:  # a private attribute renamed in another Faust version
+    except Exception as exc:  # noqa: BLE001 - a private attribute renamed in another Faust version
         return f"unavailable: {type(exc).__name__}: {exc}"
 
 
 def _partitions(consumer: Any) -> dict[str, dict]:
     fetched = getattr(consumer, "fetched", None)
-    unacked: dict[Any, int] = {}
-    for message in list(consumer._unacked_messages):
-        if not message.acked and message.offset < unacked.get(message.tp, message.offset + 1):
-            unacked[message.tp] = message.offset
+    unacked = lowest_per_partition((m.tp, m.offset) for m in list(consumer._unacked_messages) if not m.acked)
     out: dict[str, dict] = {}
     for tp in sorted(consumer.assignment()):
         acked = consumer._acked.get(tp) or []

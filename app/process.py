@@ -93,7 +93,7 @@ class WorkerProcess:
         if self.proc is not None and self.proc.poll() is None:
             spy = Path(sys.executable).with_name("py-spy")
             try:
-                dump = subprocess.run([str(spy), "dump", "--pid", str(self.proc.pid)], capture_output=True,
+                dump = subprocess.run([str(spy), "dump", "--pid", str(self.proc.pid)], capture_output=True, check=False,
                                       text=True, timeout=60)
                 parts.append("py-spy dump:\n" + dump.stdout + dump.stderr)
             except (OSError, subprocess.TimeoutExpired) as exc:

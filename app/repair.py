@@ -114,6 +114,15 @@ class FetchedOffsets:
             runs[:] = [[max(first, offset), last] for first, last in runs if last >= offset]
 
 
+def lowest_per_partition(offsets: Iterable[tuple[Any, int]]) -> dict[Any, int]:
+    """The lowest offset per partition of (partition, offset) pairs."""
+    lowest: dict[Any, int] = {}
+    for tp, offset in offsets:
+        if offset < lowest.get(tp, offset + 1):
+            lowest[tp] = offset
+    return lowest
+
+
 def holes(committed: Mapping[Any, int | None], acked: Mapping[Any, Sequence[int]],
           in_flight: Iterable[tuple[Any, int]], fetched: FetchedOffsets | None = None,
           queued: Iterable[Any] = ()) -> dict[Any, Hole]:
@@ -130,10 +139,7 @@ def holes(committed: Mapping[Any, int | None], acked: Mapping[Any, Sequence[int]
       partition waits in a queue: it went to a stream that is gone (an agent that crashed) and the
       read offset has moved past it, so without a seek it never comes again.
     """
-    lowest_in_flight: dict[Any, int] = {}
-    for tp, offset in in_flight:
-        if offset < lowest_in_flight.get(tp, offset + 1):
-            lowest_in_flight[tp] = offset
+    lowest_in_flight = lowest_per_partition(in_flight)
     waiting = set(queued)
     known = fetched if fetched is not None else FetchedOffsets()
     found: dict[Any, Hole] = {}

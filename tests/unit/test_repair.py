@@ -6,10 +6,10 @@ import asyncio
 import threading
 
 import pytest
-from mode.threads import QueueServiceThread
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
+from mode.threads import QueueServiceThread
 
 from app.faust_app import acked_only_when_done, build_runtime, offset_spans
 from app.repair import FetchedOffsets, Hole, RepairingConsumer, holes
