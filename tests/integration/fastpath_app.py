@@ -7,7 +7,8 @@ failing store would: the batch must not count as processed, and the agent goes o
 100) is the take_events size; 1 makes the failed batch a single message. STREAMREC_FAUST_FASTPATH=false
 runs it on Faust's own loop with the worker's default consumer instead. FASTPATH_APP_SEEK_EVERY_S
 makes it seek every partition back to its committed offset that often, the way app/repair.py does,
-while it fetches (each seek logs "sought back").
+while it fetches (each seek logs "sought back"), for the first FASTPATH_APP_SEEK_FOR_S seconds
+(default 15) of its first seek; then it only consumes, so it can catch up.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import faust
@@ -47,13 +49,18 @@ def main(bootstrap: str, group: str, topic_name: str, out: Path, fail_at: int | 
                     log.flush()
 
     seek_every = float(os.environ.get("FASTPATH_APP_SEEK_EVERY_S", "0"))
+    seek_for = float(os.environ.get("FASTPATH_APP_SEEK_FOR_S", "15"))
+    seeking_since: list[float] = []
     if seek_every:
         @app.timer(seek_every)
         async def seek_back() -> None:
             consumer = app.consumer
+            if time.monotonic() - (seeking_since or [time.monotonic()])[0] > seek_for:
+                return
             for tp in sorted(consumer.assignment()):
                 committed = consumer._committed_offset.get(tp)
                 if tp.topic == topic_name and committed and await consumer.seek_between_fetches(tp, committed):
+                    seeking_since[:] = seeking_since or [time.monotonic()]
                     logging.getLogger("fastpath_app").warning("sought back %s to %d", tp, committed)
 
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()

@@ -218,8 +218,10 @@ def test_seeks_while_fetching_neither_crash_nor_stall_the_fetch_loop(
 
     Faust's seek calls aiokafka's from the app's thread, racing the consumer thread's fetcher: after a
     repair in the SIGKILL test the fetcher crashed (KeyError in `fetched_records`). Here the child
-    seeks both partitions back every 0.1 s while messages keep arriving; every value must still be
-    processed, the commits must reach the end, and the fetch loop must not crash. (The race is too
+    seeks both partitions back every 0.1 s for 15 s while messages keep arriving, then only consumes;
+    every value must still be processed, the commits must reach the end, and the fetch loop must not
+    crash. (A first version that never stopped seeking timed out in a clean-clone CI run on the fast
+    path: at the 180 s limit it was still seeking partition 1 back to the same committed offset.) (The race is too
     rare to show here in 15 s: tests/unit/test_repair.py checks which thread the seek runs on.)
     """
     monkeypatch.setenv("STREAMREC_FAUST_FASTPATH", fastpath)
