@@ -15,7 +15,7 @@ from typing import Any
 
 import faust
 
-from app.repair import lowest_per_partition
+from app.repair import lowest_per_partition, stream_channels
 
 
 def _guarded(read: Callable[[], Any]) -> Any:
@@ -27,7 +27,7 @@ def _guarded(read: Callable[[], Any]) -> Any:
 
 def _partitions(consumer: Any) -> dict[str, dict]:
     fetched = getattr(consumer, "fetched", None)
-    unacked = lowest_per_partition((m.tp, m.offset) for m in list(consumer._unacked_messages) if not m.acked)
+    unacked = lowest_per_partition(consumer._in_flight())
     out: dict[str, dict] = {}
     for tp in sorted(consumer.assignment()):
         acked = consumer._acked.get(tp) or []
@@ -44,9 +44,8 @@ def _partitions(consumer: Any) -> dict[str, dict]:
 
 
 def _channels(app: faust.App) -> list[dict]:
-    channels = {id(c): c for chans in app.topics._tp_index.values() for c in chans}
     return [{"topics": sorted(getattr(c, "topics", ()) or ()), "queued": c.queue.qsize(),
-             "maxsize": c.queue.maxsize} for c in channels.values()]
+             "maxsize": c.queue.maxsize} for c in stream_channels(app)]
 
 
 def _agents(app: faust.App) -> dict[str, list[dict]]:
@@ -73,8 +72,6 @@ def _await_chain(task: asyncio.Task, depth: int = 12) -> str:
             break
         links.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}:{frame.f_lineno}")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    if coro is not None and len(links) < depth:
-        links.append(type(coro).__name__)
     return " > ".join(links)
 
 

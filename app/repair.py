@@ -123,6 +123,12 @@ def lowest_per_partition(offsets: Iterable[tuple[Any, int]]) -> dict[Any, int]:
     return lowest
 
 
+def stream_channels(app: Any) -> list[Any]:
+    """Every channel the conductor delivers to, once each (a channel reading several partitions is listed
+    under each of them in Faust's partition index)."""
+    return list({id(channel): channel for chans in app.topics._tp_index.values() for channel in chans}.values())
+
+
 def holes(committed: Mapping[Any, int | None], acked: Mapping[Any, Sequence[int]],
           in_flight: Iterable[tuple[Any, int]], fetched: FetchedOffsets | None = None,
           queued: Iterable[Any] = ()) -> dict[Any, Hole]:
@@ -210,8 +216,7 @@ class RepairingConsumer(CommitGateConsumer):
 
     def _queued(self) -> set[Any]:
         """Partitions with a message waiting in a stream queue (delivered, not yet taken by a stream)."""
-        channels = {id(channel): channel for chans in self.app.topics._tp_index.values() for channel in chans}
-        return {event.message.tp for channel in channels.values() for event in list(channel.queue._queue)}
+        return {event.message.tp for channel in stream_channels(self.app) for event in list(channel.queue._queue)}
 
     def _in_flight(self) -> Iterable[tuple[TP, int]]:
         return ((m.tp, m.offset) for m in list(self._unacked_messages) if not m.acked)
