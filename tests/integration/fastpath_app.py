@@ -50,17 +50,18 @@ def main(bootstrap: str, group: str, topic_name: str, out: Path, fail_at: int | 
 
     seek_every = float(os.environ.get("FASTPATH_APP_SEEK_EVERY_S", "0"))
     seek_for = float(os.environ.get("FASTPATH_APP_SEEK_FOR_S", "15"))
-    seeking_since: list[float] = []
+    first_seek: list[float] = []  # monotonic time of the first seek, once there was one
     if seek_every:
         @app.timer(seek_every)
         async def seek_back() -> None:
             consumer = app.consumer
-            if time.monotonic() - (seeking_since or [time.monotonic()])[0] > seek_for:
+            if first_seek and time.monotonic() - first_seek[0] > seek_for:
                 return
             for tp in sorted(consumer.assignment()):
                 committed = consumer._committed_offset.get(tp)
                 if tp.topic == topic_name and committed and await consumer.seek_between_fetches(tp, committed):
-                    seeking_since[:] = seeking_since or [time.monotonic()]
+                    if not first_seek:
+                        first_seek.append(time.monotonic())
                     logging.getLogger("fastpath_app").warning("sought back %s to %d", tp, committed)
 
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()

@@ -220,9 +220,10 @@ def test_seeks_while_fetching_neither_crash_nor_stall_the_fetch_loop(
     repair in the SIGKILL test the fetcher crashed (KeyError in `fetched_records`). Here the child
     seeks both partitions back every 0.1 s for 15 s while messages keep arriving, then only consumes;
     every value must still be processed, the commits must reach the end, and the fetch loop must not
-    crash. (A first version that never stopped seeking timed out in a clean-clone CI run on the fast
-    path: at the 180 s limit it was still seeking partition 1 back to the same committed offset.) (The race is too
-    rare to show here in 15 s: tests/unit/test_repair.py checks which thread the seek runs on.)
+    crash. The race itself is too rare to show here in 15 s: tests/unit/test_repair.py checks which
+    thread the seek runs on. (A first version that never stopped seeking timed out in a clean-clone CI
+    run on the fast path: at the 180 s limit it was still seeking partition 1 back to the same
+    committed offset.)
     """
     monkeypatch.setenv("STREAMREC_FAUST_FASTPATH", fastpath)
     monkeypatch.setenv("FASTPATH_APP_SEEK_EVERY_S", "0.1")
