@@ -19,6 +19,17 @@ import httpx
 from app.broker import free_port
 
 
+def py_spy_dump(pid: int) -> str:
+    """Every thread's Python stack in process `pid` (py-spy, beside this interpreter), or why there is none."""
+    spy = Path(sys.executable).with_name("py-spy")
+    try:
+        dump = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, check=False,
+                              text=True, timeout=60)
+        return "py-spy dump:\n" + dump.stdout + dump.stderr
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"py-spy dump failed: {exc!r}"
+
+
 class WorkerProcess:
     def __init__(self, bootstrap: str, data_dir: Path, *, env: dict[str, str] | None = None,
                  log_path: Path | None = None, port: int | None = None) -> None:
@@ -91,13 +102,7 @@ class WorkerProcess:
         except httpx.HTTPError as exc:
             parts.append(f"pipeline state unavailable: {exc!r}")
         if self.proc is not None and self.proc.poll() is None:
-            spy = Path(sys.executable).with_name("py-spy")
-            try:
-                dump = subprocess.run([str(spy), "dump", "--pid", str(self.proc.pid)], capture_output=True, check=False,
-                                      text=True, timeout=60)
-                parts.append("py-spy dump:\n" + dump.stdout + dump.stderr)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                parts.append(f"py-spy dump failed: {exc!r}")
+            parts.append(py_spy_dump(self.proc.pid))
         return "\n".join(parts)
 
     def stop(self, timeout_s: float = 15.0) -> int | None:

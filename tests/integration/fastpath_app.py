@@ -8,13 +8,18 @@ failing store would: the batch must not count as processed, and the agent goes o
 runs it on Faust's own loop with the worker's default consumer instead. FASTPATH_APP_SEEK_EVERY_S
 makes it seek every partition back to its committed offset that often, the way app/repair.py does,
 while it fetches (each seek logs "sought back"), for the first FASTPATH_APP_SEEK_FOR_S seconds
-(default 15) of its first seek; then it only consumes, so it can catch up.
+(default 15) of its first seek; then it only consumes, so it can catch up. SIGUSR1 writes the
+consumer's state (app/introspect.py, as `GET /debug/pipeline` shows it) to OUTFILE.state, for a test
+that gives up on it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,6 +28,7 @@ import faust
 
 from app.fastpath import app_class
 from app.faust_app import acked_only_when_done
+from app.introspect import pipeline_state
 
 
 def main(bootstrap: str, group: str, topic_name: str, out: Path, fail_at: int | None = None,
@@ -47,6 +53,12 @@ def main(bootstrap: str, group: str, topic_name: str, out: Path, fail_at: int | 
                         raise RuntimeError(f"planted failure in the batch holding {fail_at}")
                     log.writelines(lines)
                     log.flush()
+
+    @app.task
+    async def state_on_sigusr1() -> None:
+        def write() -> None:
+            out.with_suffix(".state").write_text(json.dumps(pipeline_state(app), default=str, indent=1))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, write)
 
     seek_every = float(os.environ.get("FASTPATH_APP_SEEK_EVERY_S", "0"))
     seek_for = float(os.environ.get("FASTPATH_APP_SEEK_FOR_S", "15"))

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.broker import EmbeddedBroker
+from app.process import py_spy_dump
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +71,21 @@ def _processed_and_committed(bootstrap: str, group: str, topic: str, out: Path, 
     return set(range(n)) <= processed and sum(committed.values()) == n
 
 
+def _diagnosis(child: subprocess.Popen, out: Path) -> str:
+    """What a stuck child was doing: its consumer's state (SIGUSR1) and its threads' stacks, also in OUT.stuck."""
+    state = out.with_suffix(".state")
+    if child.poll() is None:
+        child.send_signal(signal.SIGUSR1)
+        try:
+            wait_for(state.exists, timeout_s=10)
+        except TimeoutError:
+            pass  # a blocked event loop writes nothing; its stacks below still tell
+    text = (f"child exit code: {child.poll()}\nconsumer state: "
+            f"{state.read_text() if state.exists() else 'not written'}\n{py_spy_dump(child.pid)}")
+    out.with_suffix(".stuck").write_text(text)
+    return f"the child stopped short ({out.with_suffix('.stuck')}):\n{text[-20000:]}"
+
+
 def _run_until(bootstrap: str, group: str, topic: str, out: Path, expect: int,
                *extra: str, until: Callable[[], bool] | None = None, timeout_s: float = 120) -> list[tuple[int, int, int]]:
     """Run the child app until OUT has `expect` lines (or `until()` holds), then SIGTERM it; its log is OUT.stderr."""
@@ -77,7 +93,10 @@ def _run_until(bootstrap: str, group: str, topic: str, out: Path, expect: int,
         child = subprocess.Popen([sys.executable, "-m", "tests.integration.fastpath_app", bootstrap, group, topic,
                                   str(out), *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
     try:
-        wait_for(until or (lambda: len(_lines(out)) >= expect), timeout_s=timeout_s)
+        try:
+            wait_for(until or (lambda: len(_lines(out)) >= expect), timeout_s=timeout_s)
+        except TimeoutError as exc:
+            raise TimeoutError(_diagnosis(child, out)) from exc
         time.sleep(1.5)  # > broker_commit_interval: anything extra would show up, commits happen
     finally:
         child.send_signal(signal.SIGTERM)
