@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from models.encoder import INPUT_NAMES, OUTPUT_NAME, cuda_device_count
+from models.encoder import GPU_MIN_BATCH, INPUT_NAMES, OUTPUT_NAME, OnnxUserEncoder, cuda_device_count
 
 logger = logging.getLogger(__name__)
 
-BATCHES = (1, 64, 512, 4096)
+BATCHES = (1, 8, 16, 32, 64, 512, 4096)
+ROUTED = f"StreamRec encoder (CUDA, under {GPU_MIN_BATCH} users on CPU)"  # what a GPU worker runs
 
 
 def per_s(n: int, fn: Callable[[], Any], min_s: float = 0.3, warmup: int = 1) -> float:
@@ -93,13 +94,15 @@ def measure(model: Path, batches: tuple[int, ...] = BATCHES, min_s: float = 1.0)
     if "CUDAExecutionProvider" in available and cuda_device_count() > 0:
         modes["CUDAExecutionProvider"] = lambda s, f: (lambda: s.run([OUTPUT_NAME], f)[0])
         modes["CUDAExecutionProvider+iobinding"] = with_io_binding
+        routed = OnnxUserEncoder(model, "cuda")
+        modes[ROUTED] = lambda s, f: (lambda: routed.encode(f["seq"], f["weights"], f["scene"]))
     result: dict[str, Any] = {"model": model.name, "max_len": max_len, "dim": dim, "users_per_s": {},
                               "max_abs_diff_vs_cpu": {}, "available_providers": available,
                               "ort_version": ort.__version__, "host": platform.node(),
                               "processor": platform.processor() or platform.machine()}
     reference = {b: probe.run([OUTPUT_NAME], inputs(b, max_len, dim))[0] for b in batches}
     for mode, make in modes.items():
-        sess = session(model, mode.split("+")[0])
+        sess = session(model, "CUDAExecutionProvider" if mode == ROUTED else mode.split("+")[0])
         rates: dict[str, float] = {}
         for batch in batches:
             run = make(sess, inputs(batch, max_len, dim))
@@ -126,10 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, required=True, help="an encoder.onnx of a model version")
     parser.add_argument("--json", type=Path, help="write every number here")
     parser.add_argument("--min-s", type=float, default=1.0, help="seconds timed per cell")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma-separated batch sizes")
     parser.add_argument("--device-name", default="", help="recorded as-is (e.g. from nvidia-smi)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = measure(args.model, min_s=args.min_s)
+    result = measure(args.model, tuple(int(b) for b in args.batches.split(",")), min_s=args.min_s)
     result["device"] = args.device_name
     logger.info("%s", table(result))
     if args.json:

@@ -72,7 +72,7 @@ class Services:
         latest = latest_model_version(self.settings.model_dir) if self.settings.model_dir.exists() else None
         if latest is None or latest == self.model_path:
             return None
-        model = load_model_version(latest, self.settings.encoder_device)
+        model = load_model_version(latest, self.settings.encoder_device, self.settings.encoder_gpu_min_batch)
         return model, recall_for(self.settings, model), latest
 
     def install(self, model: ModelVersion, recall: MilvusRecall, path: Path) -> None:

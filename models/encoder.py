@@ -195,11 +195,26 @@ def cuda_device_count() -> int:
     return 0
 
 
-class OnnxUserEncoder:
-    """ONNX Runtime session for the exported encoder, on CUDA only where a GPU really is."""
+GPU_MIN_BATCH = 32  # below this a CUDA encoder runs the batch on the CPU (docs/BENCHMARKS.md, on an H200)
 
-    def __init__(self, path: str | Path, device: Device = "auto"):
+
+def on_cpu_instead(batch: int, provider: str, gpu_min_batch: int) -> bool:
+    """Whether a batch of `batch` users is faster on the CPU than on the GPU session.
+
+    Measured on an H200 (docs/BENCHMARKS.md, "The encoder on a GPU"): a CUDA call costs ~350-400 us of
+    launches and copies whatever its size, so one user takes 5x longer there than on the CPU, while
+    from a few dozen users up the GPU wins. Refresh batches are often that small."""
+    return provider == "CUDAExecutionProvider" and batch < gpu_min_batch
+
+
+class OnnxUserEncoder:
+    """ONNX Runtime session for the exported encoder, on CUDA only where a GPU really is.
+
+    On CUDA it also keeps a CPU session for batches under `gpu_min_batch` users (see on_cpu_instead)."""
+
+    def __init__(self, path: str | Path, device: Device = "auto", gpu_min_batch: int = GPU_MIN_BATCH):
         self.path = Path(path)
+        self.gpu_min_batch = gpu_min_batch
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only: no provider-fallback warnings on CPU hosts
         gpu = device == "cuda" or (device == "auto" and cuda_device_count() > 0)
@@ -212,10 +227,14 @@ class OnnxUserEncoder:
         if device == "cuda" and "CUDAExecutionProvider" not in running:
             raise RuntimeError(f"encoder_device=cuda but ONNX Runtime runs {running} (no usable GPU)")
         self.provider: str = running[0]
+        self._cpu = self._session
+        if self.provider == "CUDAExecutionProvider" and gpu_min_batch > 1:
+            self._cpu = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
         inp = self._session.get_inputs()[0].shape
         self.max_len, self.dim = int(inp[1]), int(inp[2])
-        log.info("user encoder %s: requested %s, GPU %s, running on %s",
-                 self.path.name, device, "found" if gpu else "not found", self.provider)
+        log.info("user encoder %s: requested %s, GPU %s, running on %s%s",
+                 self.path.name, device, "found" if gpu else "not found", self.provider,
+                 f" (batches under {gpu_min_batch} users on the CPU)" if self._cpu is not self._session else "")
 
     def encode(self, seq: np.ndarray, weights: np.ndarray, scene: np.ndarray) -> np.ndarray:
         """[B, L, D], [B, L], [B, 3] float32 -> unit user vectors [B, D] float32."""
@@ -224,7 +243,8 @@ class OnnxUserEncoder:
             "weights": np.ascontiguousarray(weights, dtype=np.float32),
             "scene": np.ascontiguousarray(scene, dtype=np.float32),
         }
-        return self._session.run([OUTPUT_NAME], feeds)[0]
+        small = on_cpu_instead(len(feeds["seq"]), self.provider, self.gpu_min_batch)
+        return (self._cpu if small else self._session).run([OUTPUT_NAME], feeds)[0]
 
 
 def scene_index(scene: str) -> int:
@@ -319,7 +339,7 @@ def latest_model_version(root: str | Path) -> Path | None:
     return best[1] if best else None
 
 
-def load_model_version(path: str | Path, device: Device = "auto") -> ModelVersion:
+def load_model_version(path: str | Path, device: Device = "auto", gpu_min_batch: int = GPU_MIN_BATCH) -> ModelVersion:
     """Load a version folder, or the latest version when given the root that holds them."""
     p = Path(path)
     if not (p / "meta.json").exists():
@@ -329,7 +349,7 @@ def load_model_version(path: str | Path, device: Device = "auto") -> ModelVersio
         p = latest
     meta = json.loads((p / "meta.json").read_text())
     vectors = ItemVectors.load(p / "vectors")
-    encoder = OnnxUserEncoder(p / "encoder.onnx", device)
+    encoder = OnnxUserEncoder(p / "encoder.onnx", device, gpu_min_batch)
     if vectors.dim != meta["dim"] or encoder.dim != meta["dim"]:
         raise ValueError(f"model version {p} is inconsistent (dims {vectors.dim}/{encoder.dim}/{meta['dim']})")
     return ModelVersion(meta["version"], p, meta["dim"], meta["max_len"], meta["created_at"], vectors, encoder)

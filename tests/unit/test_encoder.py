@@ -16,6 +16,7 @@ from models.encoder import (
     cuda_device_count,
     export_onnx,
     load_model_version,
+    on_cpu_instead,
     save_model_version,
     train_user_encoder,
 )
@@ -88,6 +89,15 @@ def test_provider_on_this_machine_is_cpu_and_logged(onnx_path: str, caplog) -> N
     assert [r for r in caplog.records if "CPUExecutionProvider" in r.getMessage()]
     with pytest.raises(RuntimeError, match="cuda"):
         OnnxUserEncoder(onnx_path, device="cuda")
+
+
+def test_small_batches_of_a_cuda_encoder_run_on_the_cpu_and_cpu_encoders_keep_one_session(onnx_path: str) -> None:
+    assert on_cpu_instead(1, "CUDAExecutionProvider", 32) and on_cpu_instead(31, "CUDAExecutionProvider", 32)
+    assert not on_cpu_instead(32, "CUDAExecutionProvider", 32)
+    assert not on_cpu_instead(1, "CUDAExecutionProvider", 1)  # 1 = every batch on the GPU
+    assert not on_cpu_instead(1, "CPUExecutionProvider", 32)
+    enc = OnnxUserEncoder(onnx_path, device="cpu", gpu_min_batch=32)
+    assert enc._cpu is enc._session  # no second session without a GPU
 
 
 def test_build_inputs_layout(vectors: ItemVectors) -> None:
