@@ -4,9 +4,11 @@
 #
 #   CPU (default):  docker build -t streamrec:latest .
 #   CUDA variant:   docker build --build-arg VARIANT=cuda -t streamrec:cuda .
-#     The CUDA variant adds onnxruntime-gpu's `cuda` and `cudnn` extras (the NVIDIA CUDA 12 and cuDNN 9
-#     runtime libraries as pip wheels), so the base image stays python:3.11-slim; the host needs only the
-#     NVIDIA driver and the NVIDIA Container Toolkit (compose: `gpus: all`; Kubernetes: the
+#     The CUDA variant adds onnxruntime-gpu's `cuda` and `cudnn` extras and cuBLAS (the NVIDIA CUDA 13,
+#     cuBLAS 13 and cuDNN 9 runtime libraries as pip wheels: onnxruntime-gpu 1.31's CUDA provider links
+#     libcublas.so.13 / libcublasLt.so.13, which the extras do not pull), so the base image stays
+#     python:3.11-slim; the host needs only an NVIDIA driver new enough for CUDA 13 (580+; the H200 run in
+#     docs/BENCHMARKS.md had 580.159.04) and the NVIDIA Container Toolkit (compose: `gpus: all`; Kubernetes: the
 #     deploy/k8s/overlays/gpu overlay). The encoder logs the execution provider it really got.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -26,7 +28,7 @@ COPY agents ./agents
 COPY models ./models
 COPY schemas ./schemas
 RUN pip install . \
- && if [ "$VARIANT" = "cuda" ]; then pip install "onnxruntime-gpu[cuda,cudnn]"; fi
+ && if [ "$VARIANT" = "cuda" ]; then pip install "onnxruntime-gpu[cuda,cudnn]" "nvidia-cublas~=13.0"; fi
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG VARIANT=cpu

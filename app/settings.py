@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     model_dir: Path = Path("var/models")
     vector_dim: int = Field(64, ge=8, le=1024)
     encoder_device: Literal["auto", "cuda", "cpu"] = "auto"
-    encoder_gpu_min_batch: int = Field(32, ge=1, description="on CUDA, smaller re-embedding batches run on the "
+    encoder_gpu_min_batch: int = Field(64, ge=1, description="on CUDA, smaller re-embedding batches run on the "
                                        "CPU (faster there: docs/BENCHMARKS.md); 1 = every batch on the GPU")
     milvus_uri: str = Field("", description="empty = milvus-lite file in data_dir; else http://host:19530")
     milvus_token: SecretStr = SecretStr("")

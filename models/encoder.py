@@ -195,7 +195,7 @@ def cuda_device_count() -> int:
     return 0
 
 
-GPU_MIN_BATCH = 32  # below this a CUDA encoder runs the batch on the CPU (docs/BENCHMARKS.md, on an H200)
+GPU_MIN_BATCH = 64  # below this a CUDA encoder runs the batch on the CPU (docs/BENCHMARKS.md, on an H200)
 
 
 def on_cpu_instead(batch: int, provider: str, gpu_min_batch: int) -> bool:
