@@ -202,7 +202,7 @@ def on_cpu_instead(batch: int, provider: str, gpu_min_batch: int) -> bool:
     """Whether a batch of `batch` users is faster on the CPU than on the GPU session.
 
     Measured on an H200 (docs/BENCHMARKS.md, "The encoder on a GPU"): a CUDA call costs ~350-400 us of
-    launches and copies whatever its size, so one user takes 5x longer there than on the CPU, while
+    launches and copies whatever its size, so one user takes ~6x longer there than on the CPU, while
     from a few dozen users up the GPU wins. Refresh batches are often that small."""
     return provider == "CUDAExecutionProvider" and batch < gpu_min_batch
 
