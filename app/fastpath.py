@@ -8,9 +8,14 @@ of Faust's ~200 us per message on this machine.
 
 `FastConsumer` keeps the same loop (read offsets, gap tracking, commit_every) but awaits the callback
 directly when it cannot wait (flow running, app flow control open, producer buffer under its ebb
-mark), and falls back to Faust's `wait_first` otherwise. A message whose consumer generation is no
-longer the app's (a rebalance happened while the loop waited for room in a stream queue) is neither
-delivered nor allowed to move the read offset. A rebalance does not cancel this task
+mark), and falls back to Faust's `wait_first` otherwise. Every wait (room in a stream queue, a
+commit) comes before a message's offset bookkeeping, and a message whose consumer generation is no
+longer the app's (a rebalance began and ended during such a wait) ends the batch: it is neither
+delivered nor allowed to move the read offset or to add a gap. The loop used to compare the message
+with the read offset *before* waiting: a stale record far past the new assignment's freshly sought
+read offset then registered the offsets in between as a gap (Faust's bookkeeping for non-data
+offsets, counted as acknowledged), and the next commit went over them while they were still being
+processed, so a SIGKILL then lost them (docs/RELIABILITY.md, fault 16). A rebalance does not cancel this task
 before it revokes partitions and clears the stream queues, so a directly awaited callback that
 waited in `wait_until_producer_ebb` across one could deliver a message of the old assignment after
 the new one had sought back to its committed offsets. Nothing else changes: the same conductor,
@@ -89,23 +94,24 @@ class FastConsumer(ExactHighwaterConsumer):
                     if since_yield >= YIELD_EVERY:
                         await asyncio.sleep(0)
                         since_yield = 0
+                    queues = queues_of(tp)
+                    if queues and any(q.full() for q in queues):
+                        await drained(queues)
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    if message.generation_id != generation():
+                        # This fetch was for an earlier assignment: a rebalance began and ended during
+                        # the waits above (or an earlier record's). All of its rest is stale; the new
+                        # assignment reads again from its committed offsets. Neither deliver it nor let
+                        # it touch the offsets: read offset or gap (see the module docstring).
+                        break
                     offset = message.offset
-                    r_offset = get_read_offset(tp)
+                    r_offset = get_read_offset(tp)  # read after the waits: a rebalance's seek resets it
                     if r_offset is not None and offset < r_offset:
                         continue  # already delivered (Faust logs these at dev level and drops them)
                     if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
                         await self._add_gap(tp, r_offset + 1, offset)
-                    if commit_every is not None and self._n_acked >= commit_every:
-                        self._n_acked = 0
-                        await self.commit()
-                    queues = queues_of(tp)
-                    if queues and any(q.full() for q in queues):
-                        await drained(queues)
-                    if message.generation_id != generation():
-                        # fetched for an earlier assignment (a rebalance happened during the waits
-                        # above): streams skip it anyway, and setting the read offset to it would make
-                        # the new assignment drop the re-fetched messages below it as delivered
-                        continue
                     if suspended() or not can_deliver_now():
                         # The conductor's callback can wait here (app flow control suspended, or the
                         # producer buffer over its ebb mark); a rebalance must be able to abandon it, as

@@ -1,4 +1,5 @@
-"""app/fastpath.py pieces that need no broker: the drain wait, and which App class is used."""
+"""app/fastpath.py pieces that need no broker: the drain wait, the drain loop on a scripted fetch, and which
+App class is used."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 
 import faust
 from faust.transport.consumer import Consumer as FaustConsumer
+from faust.types import TP, Message
 
 from app.fastpath import FastConsumer, StreamRecApp, app_class, drained
 from app.faust_app import build_runtime
@@ -49,3 +51,57 @@ def test_runtime_uses_faust_s_own_loop_unless_the_fast_path_is_enabled() -> None
     # fast path off: Faust's own per-message loop (wait_first per message) is the one that runs
     stock_drain = type(stock.app.transport).Consumer._drain_messages
     assert stock_drain is FaustConsumer._drain_messages
+
+
+def test_records_of_an_earlier_assignment_end_the_batch_without_a_gap_or_a_read_offset() -> None:
+    """The fast path's loss under SIGKILLs (docs/RELIABILITY.md, fault 16), on the real drain loop.
+
+    A rebalance begins and ends while the loop is between two records of one fetch: the new assignment
+    sought the partition back to its committed offset (read offset 50). The rest of that fetch (101,
+    102) is stale. Compared with the new read offset it looks like a jump, and the loop used to record
+    51..100 as a gap (counted as acknowledged), so the next commit went past offsets still being
+    processed. Now the stale rest ends the batch, and the re-fetch from 50 is delivered as usual.
+    """
+    runtime = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="fp-stale", faust_fastpath=True))
+    app = runtime.app
+    consumer = app.consumer
+    assert isinstance(consumer, FastConsumer)
+    tp = TP("ecom.click", 0)
+
+    def message(offset: int, generation: int) -> Message:
+        return Message("ecom.click", 0, offset, 0.0, 0, None, b"k", b"v", None, tp=tp, generation_id=generation)
+
+    fetches = [[message(100, 1), message(101, 1), message(102, 1)], [message(50, 2), message(51, 2)]]
+    delivered: list[int] = []
+
+    class Fetcher:
+        _stopped = asyncio.Event()
+
+    fetcher = Fetcher()
+
+    async def getmany(timeout: float):  # the real one's signature
+        batch = fetches.pop(0)
+        if not fetches:
+            fetcher._stopped.set()
+        for record in batch:
+            if record.offset == 101:  # a rebalance, all of it, while the loop waited (queue room, a commit)
+                app.consumer_generation_id = 2
+                consumer._read_offset[tp] = 50  # Faust's perform_seek: read again from the committed offset
+            yield tp, record
+
+    async def callback(record: Message) -> None:
+        delivered.append(record.offset)
+
+    async def drain() -> None:
+        app.consumer_generation_id = 1
+        consumer._read_offset[tp] = 99
+        consumer.getmany = getmany
+        consumer.callback = callback
+        app.topics.acks_enabled_for = lambda topic: True  # as for the worker's input topics
+        app.flow_control.resume()  # a running worker's state: the callback is awaited directly
+        await consumer._drain_messages(fetcher)
+
+    asyncio.run(drain())
+    assert delivered == [100, 50, 51]
+    assert not consumer._gap[tp]  # nothing counted as acknowledged without being delivered
+    assert consumer._read_offset[tp] == 51
