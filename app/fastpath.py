@@ -24,8 +24,8 @@ as the programming model.
 
 `StreamRecApp` is `faust.App` with this consumer; `build_runtime` uses it only with
 `STREAMREC_FAUST_FASTPATH=true`. Off by default: full-scale SIGKILL crash tests lost input events with
-it (offsets committed over unprocessed messages; 2 of 2 runs, and 1 of 2 after the fix above) and
-never with Faust's own loop (docs/RELIABILITY.md).
+it until fault 16's fix (3 of 4 runs), and after it one of two runs applied 151 users' events in
+another order than first read; never with Faust's own loop (docs/RELIABILITY.md, "What is left").
 """
 
 from __future__ import annotations
