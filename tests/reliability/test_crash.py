@@ -15,12 +15,14 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 
 import httpx
 import orjson
 import pytest
 
 from app import topics
+from app.process import WorkerProcess
 from app.settings import Settings
 from models.profile import ProfileParams, UserProfile, apply_event, event_kind, new_profile
 from schemas.events import Purchase, UserEvent
@@ -144,7 +146,7 @@ def test_sigkill_at_random_moments_loses_and_double_counts_nothing(cluster: Clus
             problems.append("purchased set != generated")
         if problems:
             bad[user] = problems
-    assert not bad, f"{len(bad)} users differ, e.g. {list(bad.items())[:3]}"
+    assert not bad, f"{len(bad)} users differ, e.g. {list(bad.items())[:3]}\n{explain_order(cluster, final, bad)}"
 
     # Versions strictly increasing per user, in log order.
     versions: dict[str, list[int]] = defaultdict(list)
@@ -182,6 +184,31 @@ def explain_missing(cluster: Cluster, missing: set[str], extra: set[str], stats:
     return (f"{len(missing)} sent events never reached streamrec.events (e.g. {sorted(missing)[:5]}), "
             f"dead-lettered: {dict(reasons)}, not found anywhere: {len(missing) - sum(reasons.values())}; "
             f"{len(extra)} unexpected; worker stats {stats}")
+
+
+def explain_order(cluster: Cluster, worker: WorkerProcess, users: Iterable[str], most: int = 3) -> str:
+    """Where the worker applied a mismatched user's events, against where the profile agent first read them.
+
+    The profile table's ledger (app/ledger.py) keeps, per recent event, the `streamrec.events` offset
+    at which it was applied. An event applied at a later copy than its first (a re-forwarded
+    duplicate) was skipped or undone at the first one: that is the offset to look for in the logs."""
+    users = sorted(users)[:most]
+    copies: dict[str, dict[str, list[tuple[int, int]]]] = {u: defaultdict(list) for u in users}
+    for message in cluster.read_topic(topics.EVENTS):
+        user = message.key.decode()
+        if user in copies:
+            copies[user][orjson.loads(message.value)["event_id"]].append((message.partition, message.offset))
+    lines = []
+    for user in users:
+        row = worker.get(f"/users/{user}/state").json().get("profile") or {}
+        ledger = row.get("_ledger", {})
+        later = [(event_id, offsets[0][1], ledger[event_id][1]) for event_id, offsets in copies[user].items()
+                 if event_id in ledger and ledger[event_id][1] != offsets[0][1]]
+        lines.append(f"{user}: partition {sorted({p for o in copies[user].values() for p, _ in o})}, "
+                     f"{len(copies[user])} events, {sum(map(len, copies[user].values()))} copies, "
+                     f"{len(ledger)} in the ledger, applied at a later copy (event, first offset, applied offset): "
+                     f"{later[:10]}")
+    return "\n".join(lines)
 
 
 def test_reference_fold_detects_a_double_count() -> None:
