@@ -192,7 +192,13 @@ def explain_order(cluster: Cluster, worker: WorkerProcess, users: Iterable[str],
     The profile table's ledger (app/ledger.py) keeps, per recent event, the `streamrec.events` offset
     at which it was applied. An event applied at a later copy than its first (a re-forwarded
     duplicate) was skipped or undone at the first one: that is the offset to look for in the logs."""
-    users = sorted(users)[:most]
+    try:
+        return _explain_order(cluster, worker, sorted(users)[:most])
+    except Exception as exc:  # noqa: BLE001 - a diagnosis must never hide the failure it explains
+        return f"explain_order failed: {exc!r}"
+
+
+def _explain_order(cluster: Cluster, worker: WorkerProcess, users: list[str]) -> str:
     copies: dict[str, dict[str, list[tuple[int, int]]]] = {u: defaultdict(list) for u in users}
     for message in cluster.read_topic(topics.EVENTS):
         user = message.key.decode()
