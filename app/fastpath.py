@@ -105,6 +105,8 @@ class FastConsumer(ExactHighwaterConsumer):
                         # the waits above (or an earlier record's). All of its rest is stale; the new
                         # assignment reads again from its committed offsets. Neither deliver it nor let
                         # it touch the offsets: read offset or gap (see the module docstring).
+                        logger.info("%s/%d: fetch of consumer generation %d ends at offset %d (now %d)",
+                                    tp.topic, tp.partition, message.generation_id, message.offset, generation())
                         break
                     offset = message.offset
                     r_offset = get_read_offset(tp)  # read after the waits: a rebalance's seek resets it

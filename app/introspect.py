@@ -89,6 +89,7 @@ def pipeline_state(app: faust.App) -> dict[str, Any]:
         "consumer_generation": app.consumer_generation_id,
         "fetch_rounds": getattr(consumer, "fetch_rounds", None),
         "repairs": getattr(consumer, "repairs", None),
+        "gaps": getattr(consumer, "gaps", None),
         "producer_buffer": _guarded(lambda: app.producer.buffer.size),
         "partitions": _guarded(lambda: _partitions(consumer)),
         "channels": _guarded(lambda: _channels(app)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import pytest
@@ -172,3 +173,13 @@ def test_a_cancelled_batch_is_left_unacknowledged_and_the_cancellation_goes_on()
     with pytest.raises(asyncio.CancelledError), acked_only_when_done(batch):
         raise asyncio.CancelledError
     assert batch[0].message.acked
+
+
+def test_a_gap_is_counted_and_logged_with_the_offsets_jumped_over(caplog: pytest.LogCaptureFixture) -> None:
+    """On the worker's topics every offset holds a record, so a gap is records committed undelivered."""
+    consumer = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="repair-gap")).app.consumer
+    tp = TP("ecom.click", 0)
+    with caplog.at_level(logging.WARNING, logger="app.repair"):
+        asyncio.run(consumer._add_gap(tp, 11, 15))  # as the fetch loop calls it: read offset 10, next record 15
+    assert consumer.gaps == 1 and consumer._gap[tp]  # Faust's own bookkeeping still happens
+    assert "ecom.click/0: offsets 11-14 jumped over" in caplog.text
