@@ -175,11 +175,23 @@ def test_a_cancelled_batch_is_left_unacknowledged_and_the_cancellation_goes_on()
     assert batch[0].message.acked
 
 
-def test_a_gap_is_counted_and_logged_with_the_offsets_jumped_over(caplog: pytest.LogCaptureFixture) -> None:
-    """On the worker's topics every offset holds a record, so a gap is records committed undelivered."""
+def test_a_jump_on_a_topic_without_gaps_is_left_as_a_hole_until_it_comes_back(caplog: pytest.LogCaptureFixture) -> None:
+    """Fault 17: on ecom.click every offset holds a record, so a jump is records about to be lost.
+
+    The first jump is not recorded as a gap (Faust would count it as acknowledged and commit over it):
+    the hole blocks the commits and the repair reads the partition again. The same jump again means
+    the records are gone (retention): then it is a gap, or the partition would stay blocked for good."""
     consumer = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="repair-gap")).app.consumer
-    tp = TP("ecom.click", 0)
+    click, lists = TP("ecom.click", 0), TP("reco.recommendations", 0)
+    consumer._committed_offset[click] = 11
+    consumer._acked[click] = [15, 16]  # delivered and acknowledged after the jump
     with caplog.at_level(logging.WARNING, logger="app.repair"):
-        asyncio.run(consumer._add_gap(tp, 11, 15))  # as the fetch loop calls it: read offset 10, next record 15
-    assert consumer.gaps == 1 and consumer._gap[tp]  # Faust's own bookkeeping still happens
-    assert "ecom.click/0: offsets 11-14 jumped over" in caplog.text
+        asyncio.run(consumer._add_gap(click, 11, 15))  # as the fetch loop calls it: read offset 10, next record 15
+        assert not consumer._gap[click] and consumer._new_offset(click) is None  # commits stop below the hole
+        assert holes(consumer._committed_offset, consumer._acked, ()) == {click: Hole(11, 15, False)}
+        asyncio.run(consumer._add_gap(click, 11, 15))  # read again from 11, and the log still jumps
+        assert consumer._gap[click]
+        asyncio.run(consumer._add_gap(lists, 3, 9))  # compacted: offsets without a record are normal
+    assert consumer._gap[lists] and consumer.gaps == 3
+    assert "ecom.click/0: the fetch jumped over offsets 11-14" in caplog.text
+    assert "ecom.click/0: offsets 11-14 jumped over again" in caplog.text
