@@ -90,6 +90,7 @@ def pipeline_state(app: faust.App) -> dict[str, Any]:
         "fetch_rounds": getattr(consumer, "fetch_rounds", None),
         "repairs": getattr(consumer, "repairs", None),
         "gaps": getattr(consumer, "gaps", None),
+        "rereads": getattr(consumer, "rereads", None),
         "producer_buffer": _guarded(lambda: app.producer.buffer.size),
         "partitions": _guarded(lambda: _partitions(consumer)),
         "channels": _guarded(lambda: _channels(app)),

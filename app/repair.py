@@ -33,7 +33,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,6 +178,7 @@ class RepairingConsumer(CommitGateConsumer):
         self.skipped_unprocessed = 0  # messages a stream skipped (rebalance, stop) and `ack` kept uncommitted
         self.fetched = FetchedOffsets()  # offsets known to hold a record, from the fetch loop's batches
         self.gaps = 0  # jumps in a partition's fetched offsets (`_add_gap`), trusted or not
+        self.rereads = 0  # partitions sought back by `getmany` after a jump in their fetched offsets
         self._jumps_seen: set[tuple[TP, int]] = set()  # (partition, first offset jumped over) left as holes
 
     def ack(self, message: Any) -> bool:
@@ -197,6 +198,47 @@ class RepairingConsumer(CommitGateConsumer):
             self.skipped_unprocessed += 1
             return False
         return super().ack(message)
+
+    def _gaps_possible(self, topic: str) -> bool:
+        """Whether offsets without a record are normal in `topic` (compaction, transaction markers)."""
+        return topic in topics.COMPACTED or topic.endswith("-changelog") or self.in_transaction
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        """Faust's fetch batches, except that a partition whose records jump past its read offset is
+        read again from there instead (fault 17, docs/RELIABILITY.md).
+
+        Faust drops fetched records in several places without moving aiokafka's position back (a
+        batch cut short when the flow stops or the generation changes) and relies on a later seek to
+        the committed offsets. When that seek comes first (measured after a restart's table
+        recovery, in both consumer loops), the next fetch starts past records never delivered: the
+        same jump in every partition, one fetch's worth. Delivering the record after the jump would
+        apply events out of order and let the commit go over the missing ones, so the rest of that
+        partition's batch is held back and the partition is sought back to the first missing offset.
+        Where offsets without records are normal, or the same jump comes back after a re-read
+        (retention deleted the records), the record is delivered as Faust would (see `_add_gap`)."""
+        sought: dict[TP, int] = {}
+        read_offset = self._read_offset
+        try:
+            async for tp, message in super().getmany(timeout):
+                if tp in sought:
+                    continue
+                last = read_offset.get(tp)
+                if (last is not None and message.offset - last > 1 and not self._gaps_possible(tp.topic)
+                        and (tp, last + 1) not in self._jumps_seen):
+                    self._jumps_seen.add((tp, last + 1))
+                    # From `last`, not last + 1: after a seek Faust's read offset is the next offset to
+                    # read, not the last one delivered, so `last` may be missing too (re-reading one
+                    # delivered record is harmless: every agent is idempotent on redelivery).
+                    sought[tp] = last
+                    logger.warning("%s/%d: the fetch jumped from offset %d to %d; reading the partition again "
+                                   "from %d", tp.topic, tp.partition, last, message.offset, last)
+                    continue
+                yield tp, message
+        finally:
+            for tp, offset in sought.items():
+                self.rereads += 1
+                await self.seek(tp, offset)
+                read_offset[tp] = offset - 1 if offset > 0 else None  # the next record delivered is `offset`
 
     async def _wait_next_records(self, timeout: float) -> Any:
         self.fetch_rounds += 1
@@ -220,7 +262,7 @@ class RepairingConsumer(CommitGateConsumer):
         that the partition does not stay blocked for good."""
         self.gaps += 1
         topic = tp.topic
-        if not (topic in topics.COMPACTED or topic.endswith("-changelog") or self.in_transaction):
+        if not self._gaps_possible(topic):
             if (tp, offset_from) not in self._jumps_seen:
                 self._jumps_seen.add((tp, offset_from))
                 logger.warning("%s/%d: the fetch jumped over offsets %d-%d of a topic where every offset holds a "

@@ -15,6 +15,7 @@ from mode.threads import QueueServiceThread
 from app.faust_app import acked_only_when_done, build_runtime, offset_spans
 from app.repair import FetchedOffsets, Hole, RepairingConsumer, holes
 from app.settings import Settings
+from app.shutdown import CommitGateConsumer
 
 
 def test_a_partition_acked_from_its_committed_offset_is_not_blocked() -> None:
@@ -195,3 +196,38 @@ def test_a_jump_on_a_topic_without_gaps_is_left_as_a_hole_until_it_comes_back(ca
     assert consumer._gap[lists] and consumer.gaps == 3
     assert "ecom.click/0: the fetch jumped over offsets 11-14" in caplog.text
     assert "ecom.click/0: offsets 11-14 jumped over again" in caplog.text
+
+
+def test_a_fetch_that_jumps_past_the_read_offset_is_read_again_from_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault 17: a restarted worker's first fetch started one fetch's worth past records never delivered.
+
+    `RepairingConsumer.getmany` holds back the rest of that partition's batch and seeks back, so the
+    missing records come first and in order; other partitions flow on. If the same jump comes back
+    (the records are gone), it is let through."""
+    consumer = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="repair-jump")).app.consumer
+    click, purchase = TP("ecom.click", 0), TP("ecom.purchase", 0)
+    fetches = [[(click, 11), (click, 12), (click, 30), (purchase, 5), (click, 31)], [(click, 30)]]
+    sought: list[tuple[TP, int]] = []
+
+    async def fetched(self: object, timeout: float):
+        for tp, offset in fetches.pop(0):
+            yield tp, _consumer_message(offset)
+
+    async def seek(tp: TP, offset: int) -> None:
+        sought.append((tp, offset))
+
+    monkeypatch.setattr(CommitGateConsumer, "getmany", fetched, raising=False)
+    consumer.seek = seek
+
+    async def drain() -> list[tuple[TP, int]]:
+        got = []
+        async for tp, message in consumer.getmany(1.0):
+            got.append((tp, message.offset))
+            consumer._read_offset[tp] = message.offset  # as both drain loops do after delivering
+        return got
+
+    consumer._read_offset[click] = 10
+    assert asyncio.run(drain()) == [(click, 11), (click, 12), (purchase, 5)]
+    assert sought == [(click, 12)] and consumer._read_offset[click] == 11 and consumer.rereads == 1
+    consumer._read_offset[click] = 12  # re-read 12; the log still jumps to 30: retention deleted the rest
+    assert asyncio.run(drain()) == [(click, 30)] and sought == [(click, 12)]
