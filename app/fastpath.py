@@ -86,6 +86,7 @@ class FastConsumer(ExactHighwaterConsumer):
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(CONSUMER_FETCHING)
                 ait = cast(AsyncIterator, getmany(timeout=1.0))
+                stale: set[Any] = set()  # partitions whose records in this batch a seek made stale
                 await asyncio.sleep(0)
                 if self.should_stop:
                     break
@@ -112,7 +113,16 @@ class FastConsumer(ExactHighwaterConsumer):
                     r_offset = get_read_offset(tp)  # read after the waits: a rebalance's seek resets it
                     if r_offset is not None and offset < r_offset:
                         continue  # already delivered (Faust logs these at dev level and drops them)
+                    if tp in stale:
+                        continue
                     if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
+                        if not self._gaps_possible(message.topic):
+                            # `getmany` found this record next to the read offset, so a seek moved the
+                            # read offset back during the waits above (recovery's seek to the committed
+                            # offsets): the rest of this partition's batch is from before the seek, and
+                            # the sought position fetches it again, in order (fault 17).
+                            stale.add(tp)
+                            continue
                         await self._add_gap(tp, r_offset + 1, offset)
                     if suspended() or not can_deliver_now():
                         # The conductor's callback can wait here (app flow control suspended, or the

@@ -105,3 +105,49 @@ def test_records_of_an_earlier_assignment_end_the_batch_without_a_gap_or_a_read_
     assert delivered == [100, 50, 51]
     assert not consumer._gap[tp] and consumer.gaps == 0  # nothing counted as acknowledged without being delivered
     assert consumer._read_offset[tp] == 51
+
+
+def test_records_a_seek_made_stale_during_the_waits_are_dropped_not_delivered_out_of_order() -> None:
+    """Fault 17 on the fast path: recovery sought the partition back (read offset 50) while the loop
+    held records fetched before the seek (101, 102, same generation). Delivering them would apply
+    them before 50..100, which the sought position fetches again; recording a gap would lose those."""
+    runtime = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="fp-sought", faust_fastpath=True))
+    app = runtime.app
+    consumer = app.consumer
+    tp = TP("ecom.click", 0)
+
+    def message(offset: int) -> Message:
+        return Message("ecom.click", 0, offset, 0.0, 0, None, b"k", b"v", None, tp=tp, generation_id=1)
+
+    fetches = [[message(100), message(101), message(102)], [message(50), message(51)]]
+    delivered: list[int] = []
+
+    class Fetcher:
+        _stopped = asyncio.Event()
+
+    fetcher = Fetcher()
+
+    async def getmany(timeout: float):  # the real one's signature
+        batch = fetches.pop(0)
+        if not fetches:
+            fetcher._stopped.set()
+        for record in batch:
+            if record.offset == 101:
+                consumer._read_offset[tp] = 50  # perform_seek during the loop's waits, same generation
+            yield tp, record
+
+    async def callback(record: Message) -> None:
+        delivered.append(record.offset)
+
+    async def drain() -> None:
+        app.consumer_generation_id = 1
+        consumer._read_offset[tp] = 99
+        consumer.getmany = getmany
+        consumer.callback = callback
+        app.topics.acks_enabled_for = lambda topic: True
+        app.flow_control.resume()
+        await consumer._drain_messages(fetcher)
+
+    asyncio.run(drain())
+    assert delivered == [100, 50, 51]
+    assert not consumer._gap[tp] and consumer.gaps == 0
