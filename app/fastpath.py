@@ -23,9 +23,9 @@ channels, streams, acks, tables and commits, so agents keep `stream.take_events(
 as the programming model.
 
 `StreamRecApp` is `faust.App` with this consumer; `build_runtime` uses it only with
-`STREAMREC_FAUST_FASTPATH=true`. Off by default: full-scale SIGKILL crash tests lose input events with
-it (3 of 4 runs before fault 16's fix, 1 of 3 after it, and one more applied users' events out of
-order), never with Faust's own loop (docs/RELIABILITY.md, "What is left").
+`STREAMREC_FAUST_FASTPATH=true`. Off by default: full-scale SIGKILL crash tests lost input events with
+it until faults 16 and 17 were fixed (2 of 2 runs passed since), never with Faust's own loop; it
+stays off until it has that record too (docs/RELIABILITY.md, "What is left").
 """
 
 from __future__ import annotations

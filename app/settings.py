@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     # input events (ingest consumed 94,977; offsets committed over them), and with Faust's own loop the
     # same test delivered all 100,000 (docs/RELIABILITY.md "What is left"). On again once that is found.
     faust_fastpath: bool = Field(False, description="direct per-message delivery (app/fastpath.py); "
-                                 "loses events under repeated crashes, see docs/RELIABILITY.md")
+                                 "off until proven under repeated crashes, see docs/RELIABILITY.md")
     # Each table partition is its own RocksDB; Faust's defaults (64 MiB x 3 memtables, a 2 GiB block cache
     # each) let a worker's memory grow with every user written until gigabytes (docs/BENCHMARKS.md).
     rocksdb_write_buffer_mb: int = Field(8, ge=1, le=1024, description="memtable size of each table partition")
