@@ -179,7 +179,7 @@ class RepairingConsumer(CommitGateConsumer):
         self.fetched = FetchedOffsets()  # offsets known to hold a record, from the fetch loop's batches
         self.gaps = 0  # jumps in a partition's fetched offsets (`_add_gap`), trusted or not
         self.rereads = 0  # partitions sought back by `getmany` after a jump in their fetched offsets
-        self._jumps_seen: set[tuple[TP, int]] = set()  # (partition, first offset jumped over) left as holes
+        self._jumps_seen: set[tuple[TP, int]] = set()  # (partition, first offset jumped over), above the commits
 
     def ack(self, message: Any) -> bool:
         """Record `message` as safe to commit only if a stream really took it for processing.
@@ -203,6 +203,14 @@ class RepairingConsumer(CommitGateConsumer):
         """Whether offsets without a record are normal in `topic` (compaction, transaction markers)."""
         return topic in topics.COMPACTED or topic.endswith("-changelog") or self.in_transaction
 
+    def _first_jump(self, tp: TP, first_missing: int) -> bool:
+        """True (and remembered) the first time the fetch jumps over `first_missing` of a topic where every
+        offset holds a record; False where gaps are normal or that jump came back after a re-read."""
+        if self._gaps_possible(tp.topic) or (tp, first_missing) in self._jumps_seen:
+            return False
+        self._jumps_seen.add((tp, first_missing))
+        return True
+
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         """Faust's fetch batches, except that a partition whose records jump past its read offset is
         read again from there instead (fault 17, docs/RELIABILITY.md).
@@ -223,9 +231,7 @@ class RepairingConsumer(CommitGateConsumer):
                 if tp in sought:
                     continue
                 last = read_offset.get(tp)
-                if (last is not None and message.offset - last > 1 and not self._gaps_possible(tp.topic)
-                        and (tp, last + 1) not in self._jumps_seen):
-                    self._jumps_seen.add((tp, last + 1))
+                if last is not None and message.offset - last > 1 and self._first_jump(tp, last + 1):
                     # From `last`, not last + 1: after a seek Faust's read offset is the next offset to
                     # read, not the last one delivered, so `last` may be missing too (re-reading one
                     # delivered record is harmless: every agent is idempotent on redelivery).
@@ -261,16 +267,14 @@ class RepairingConsumer(CommitGateConsumer):
         records are gone: retention deleted them before they were read) is it recorded as a gap, so
         that the partition does not stay blocked for good."""
         self.gaps += 1
-        topic = tp.topic
-        if not self._gaps_possible(topic):
-            if (tp, offset_from) not in self._jumps_seen:
-                self._jumps_seen.add((tp, offset_from))
-                logger.warning("%s/%d: the fetch jumped over offsets %d-%d of a topic where every offset holds a "
-                               "record; left as a hole, to be read again", topic, tp.partition, offset_from,
-                               offset_to - 1)
-                return
+        if self._first_jump(tp, offset_from):
+            logger.warning("%s/%d: the fetch jumped over offsets %d-%d of a topic where every offset holds a "
+                           "record; left as a hole, to be read again", tp.topic, tp.partition, offset_from,
+                           offset_to - 1)
+            return
+        if not self._gaps_possible(tp.topic):
             logger.error("%s/%d: offsets %d-%d jumped over again after reading them again: not in the log any "
-                         "more (retention?); skipped", topic, tp.partition, offset_from, offset_to - 1)
+                         "more (retention?); skipped", tp.topic, tp.partition, offset_from, offset_to - 1)
         await super()._add_gap(tp, offset_from, offset_to)
 
     def _new_offset(self, tp: TP) -> int | None:
@@ -282,6 +286,8 @@ class RepairingConsumer(CommitGateConsumer):
         offset = super()._new_offset(tp)
         if offset is not None:
             self.fetched.forget_below(tp, offset)
+            if self._jumps_seen:  # a jump below the commit can no longer come back: keep the set bounded
+                self._jumps_seen = {(t, o) for t, o in self._jumps_seen if t != tp or o >= offset}
         return offset
 
     def _queued(self) -> set[Any]:

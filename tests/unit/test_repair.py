@@ -231,3 +231,16 @@ def test_a_fetch_that_jumps_past_the_read_offset_is_read_again_from_there(monkey
     assert sought == [(click, 12)] and consumer._read_offset[click] == 11 and consumer.rereads == 1
     consumer._read_offset[click] = 12  # re-read 12; the log still jumps to 30: retention deleted the rest
     assert asyncio.run(drain()) == [(click, 30)] and sought == [(click, 12)]
+
+
+def test_jumps_below_a_commit_are_forgotten() -> None:
+    """The remembered jumps stay as few as the uncommitted span, like the fetched-offset runs."""
+    consumer = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="repair-forget")).app.consumer
+    consumer.app.topics.acks_enabled_for = lambda topic: True
+    click, browse = TP("ecom.click", 0), TP("ecom.browse", 0)
+    assert consumer._first_jump(click, 12) and consumer._first_jump(click, 40) and consumer._first_jump(browse, 12)
+    consumer._committed_offset[click] = 11
+    consumer._acked[click] = list(range(11, 20))  # the re-read delivered 11..19
+    consumer._acked_index[click] = set(range(11, 20))
+    assert consumer._new_offset(click) == 20
+    assert consumer._jumps_seen == {(click, 40), (browse, 12)}
