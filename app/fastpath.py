@@ -24,7 +24,7 @@ as the programming model.
 
 `StreamRecApp` is `faust.App` with this consumer; `build_runtime` uses it only with
 `STREAMREC_FAUST_FASTPATH=true`. Off by default: full-scale SIGKILL crash tests lost input events with
-it until faults 16 and 17 were fixed (5 of 5 runs passed since), never with Faust's own loop; it
+it until faults 16 and 17 were fixed (6 of 6 runs passed since), never with Faust's own loop; it
 stays off until it has that record too (docs/RELIABILITY.md, "What is left").
 """
 

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(1500, ge=1, le=60_000, description="longest a worker's fetch waits for "
                                    "data; Tansu holds a fetch this long even when data arrives (app/highwater.py)")
     # Off by default: full-scale SIGKILL crash tests (100,000 events, 6 kills) lost input events with it
-    # until faults 16 and 17 were fixed on 2026-12-04 (5 of 5 runs passed since), and never with Faust's
+    # until faults 16 and 17 were fixed on 2026-12-04 (6 of 6 runs passed since), and never with Faust's
     # own loop (docs/RELIABILITY.md "What is left"). On once it has the same record.
     faust_fastpath: bool = Field(False, description="direct per-message delivery (app/fastpath.py); "
                                  "off until proven under repeated crashes, see docs/RELIABILITY.md")
