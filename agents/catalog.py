@@ -9,9 +9,10 @@ import asyncio
 import time
 
 from agents.ingest import deadletter_headers, deadletter_value
-from app import topics
-from app.faust_app import StreamRec, acked_only_when_done
+from app.runtime.faust_app import StreamRec
+from app.runtime.faust_fixes.batches import acked_only_when_done
 from app.store import ItemMeta
+from schemas import topics
 from schemas.events import CatalogItem
 from schemas.validation import Rejection, decode_event
 

@@ -17,9 +17,11 @@ from collections import defaultdict, deque
 import msgspec
 import orjson
 
-from app import lag, topics
-from app.faust_app import StreamRec, acked_only_when_done, in_partition_of
+from app.runtime.faust_app import StreamRec
+from app.runtime.faust_fixes.batches import acked_only_when_done, in_partition_of
+from app.serving import lag
 from models.feedback import FeedbackParams, FeedbackWindows, UserFeedback, WindowMetrics
+from schemas import topics
 from schemas.events import Recommendation, UserEvent
 
 CLOSE_EVERY_S = 2.0

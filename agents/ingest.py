@@ -10,10 +10,11 @@ import asyncio
 import hashlib
 import time
 
-from app import topics
-from app.counters import BatchCounts, OffsetRanges, counted_offsets
-from app.faust_app import StreamRec, acked_only_when_done
-from app.ledger import SOURCE_HEADER, source_id
+from app.runtime.counters import BatchCounts, OffsetRanges, counted_offsets
+from app.runtime.faust_app import StreamRec
+from app.runtime.faust_fixes.batches import acked_only_when_done
+from app.runtime.ledger import SOURCE_HEADER, source_id
+from schemas import topics
 from schemas.validation import Rejection, decode_event, encode_event
 
 DEADLETTER_PREFIX_BYTES = 64 * 1024

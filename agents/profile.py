@@ -15,11 +15,12 @@ import msgspec
 import orjson
 from faust.types import EventT
 
-from app import topics
-from app.counters import BatchCounts, OffsetRanges, counted_offsets
-from app.faust_app import StreamRec, acked_only_when_done, in_partition_of
-from app.ledger import LEDGER_KEY, SOURCE_HEADER, bounded, classify, header
+from app.runtime.counters import BatchCounts, OffsetRanges, counted_offsets
+from app.runtime.faust_app import StreamRec
+from app.runtime.faust_fixes.batches import acked_only_when_done, in_partition_of
+from app.runtime.ledger import LEDGER_KEY, SOURCE_HEADER, bounded, classify, header
 from models.profile import UserProfile, apply_event, new_profile
+from schemas import topics
 from schemas.events import Forget, UserEvent
 
 _decode = msgspec.json.Decoder(UserEvent | Forget).decode

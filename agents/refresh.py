@@ -17,12 +17,13 @@ import msgspec
 import orjson
 
 from agents.profile import load_profile
-from app import topics
-from app.counters import BatchCounts
-from app.faust_app import StreamRec, acked_only_when_done, in_partition_of
+from app.runtime.counters import BatchCounts
+from app.runtime.faust_app import StreamRec
+from app.runtime.faust_fixes.batches import acked_only_when_done, in_partition_of
 from app.store import ProfileSnapshot
 from models.profile import UserProfile
 from models.recommender import UserRequest
+from schemas import topics
 from schemas.events import RecItem, Recommendation
 
 REFRESH_MESSAGES = 64  # refresh-topic messages per take(); each lists one profile batch's users

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from app.settings import Settings, get_settings
+from app.runtime.settings import Settings, get_settings
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="StreamRec: real-time, scene-aware recommendations on Kafka.")
@@ -48,7 +48,7 @@ def demo(
     simulate: Annotated[bool, typer.Option("--simulate", help="use the built-in simulator even if data exists")] = False,
 ) -> None:
     """Start the embedded broker and a worker, train, replay, show live recommendations, summarise."""
-    from app.demo import run_demo
+    from app.tools.demo import run_demo
 
     raise typer.Exit(run_demo(get_settings(), data=data, max_events=events, duration_s=duration, rate=rate,
                               simulate=simulate))
@@ -57,7 +57,7 @@ def demo(
 @cli.command()
 def worker() -> None:
     """Run a Faust worker (all agents). Starts the embedded broker when no bootstrap is configured."""
-    from app.worker import run_worker
+    from app.runtime.worker import run_worker
 
     run_worker(get_settings())
 
@@ -73,7 +73,7 @@ def replay(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Replay a recorded event file (or the simulator) onto the input topics in event-time order."""
-    from app.producer import replay_to_kafka, source_events
+    from app.tools.producer import replay_to_kafka, source_events
 
     if (path is None) == (not simulate):
         raise typer.BadParameter("give a PATH or --simulate (not both)")
@@ -101,7 +101,7 @@ def recs(user_id: str) -> None:
     if record is None:
         typer.echo(f"no recommendations for user {user_id!r} yet", err=True)
         raise typer.Exit(1)
-    from app.console import print_recommendation
+    from app.tools.console import print_recommendation
 
     print_recommendation(record)
 
@@ -114,7 +114,7 @@ def tail(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Print a topic's messages as they arrive, as a downstream app sees them."""
-    from app.console import tail_topic
+    from app.tools.console import tail_topic
 
     settings = _settings(bootstrap)
     _need_broker(settings)
@@ -124,7 +124,7 @@ def tail(
 @cli.command()
 def topics(bootstrap: Bootstrap = None) -> None:
     """Create every topic that is missing (configured partition count) and describe them."""
-    from app.kafka import ensure_topics
+    from app.runtime.kafka import ensure_topics
 
     settings = _settings(bootstrap)
     _need_broker(settings)
@@ -138,8 +138,8 @@ def train(
     train_fraction: Annotated[float, typer.Option(min=0.05, max=1.0, help="train on this earliest share")] = 1.0,
 ) -> None:
     """Train item vectors and the user encoder; write a new model version to STREAMREC_MODEL_DIR."""
-    from app.replay import read_events, split_by_time
-    from app.training import train_model
+    from app.tools.replay import read_events, split_by_time
+    from app.tools.training import train_model
 
     settings = get_settings()
     history = list(read_events(data))
@@ -153,7 +153,7 @@ def train(
 def forget_user(user_id: str, bootstrap: Bootstrap = None) -> None:
     """Erase a user (privacy): store and history now; the worker drops its tables' rows and the
     compacted recommendation topic gets a tombstone when it reads the request."""
-    from app.privacy import request_forget
+    from app.tools.privacy import request_forget
 
     settings = _settings(bootstrap)
     _need_broker(settings)
@@ -169,7 +169,7 @@ def evaluate(
     baselines_only: Annotated[bool, typer.Option(help="skip StreamRec and its ablations")] = False,
 ) -> None:
     """Streaming evaluation on real data: time split, score each event's item against the list served."""
-    from app.evaluate_streamrec import evaluate_with_streamrec
+    from app.evaluation.evaluate_streamrec import evaluate_with_streamrec
 
     result = evaluate_with_streamrec(data, json_out, report, baselines_only=baselines_only)
     for name, system in result.systems.items():
@@ -185,8 +185,8 @@ def lag(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Print consumer lag per topic and partition: committed, highwater, lag, age of the oldest unprocessed."""
-    from app.lag import format_table, sample_once
-    from app.lag import watch as watch_lag
+    from app.serving.lag import format_table, sample_once
+    from app.serving.lag import watch as watch_lag
 
     settings = _settings(bootstrap)
     _need_broker(settings)
@@ -210,7 +210,7 @@ def serve(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Serve the HTTP API alone (no agents): lists from the store, POST /events to Kafka, /openapi.json."""
-    from app.serve import run_serve
+    from app.serving.serve import run_serve
 
     settings = _settings(bootstrap)
     _need_broker(settings)
@@ -218,7 +218,7 @@ def serve(
 
 
 def _mount_subcommands() -> None:
-    from app.store_cli import store_app
+    from app.store.cli import store_app
 
     cli.add_typer(store_app, name="store")
 
@@ -243,8 +243,8 @@ def bench(
     import dataclasses
     import json
 
-    from app.bench import BenchConfig, run_bench, table
-    from app.settings import default_dataset
+    from app.benchmarks.bench import BenchConfig, run_bench, table
+    from app.runtime.settings import default_dataset
 
     cfg = BenchConfig.smoke() if smoke else BenchConfig(data=data or default_dataset())
     changes: dict = {"events": events, "rate": rate, "data": data, "model_dir": model_dir,

@@ -64,7 +64,7 @@ class ProfileParams:
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> ProfileParams:
-        """Take the profile knobs of ``app.settings.Settings``; keyword overrides win."""
+        """Take the profile knobs of ``app.runtime.settings.Settings``; keyword overrides win."""
         names = (
             "short_half_life_s",
             "long_half_life_s",

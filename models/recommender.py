@@ -26,7 +26,7 @@ import numpy as np
 from models.encoder import ModelVersion, build_inputs
 from models.popularity import Trending
 from models.profile import UserProfile
-from models.recall import MilvusRecall, RecallTimeout
+from models.recall import RecallTimeout, VectorIndex
 from models.rerank import Candidate, Ranked, RerankContext, RerankParams, rerank
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Prepared:
 @dataclass
 class Recommender:
     model: ModelVersion | None
-    recall: MilvusRecall | None
+    recall: VectorIndex | None
     trending: Trending
     options: RecommenderOptions = field(default_factory=RecommenderOptions)
     rerank_params: RerankParams = field(default_factory=RerankParams)

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from app.topics import TOPIC_BY_TYPE
 from schemas.events import AnyEvent, Browse, CatalogItem, Click, OrderItem, Purchase
+from schemas.topics import TOPIC_BY_TYPE
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from app.runtime.settings import Settings
 
 Event = AnyEvent
 """What a valid input value decodes to."""
@@ -69,7 +69,7 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Bounds that input must respect; defaults equal app/settings.py's defaults."""
+    """Bounds that input must respect; defaults equal app/runtime/settings.py's defaults."""
 
     max_message_bytes: int = 1_000_000
     max_order_items: int = 1000

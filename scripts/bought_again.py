@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from app.evaluate import load_events, split_events
-from models.baselines import UserPop
+from app.evaluation.baselines import UserPop
+from app.evaluation.evaluate import load_events, split_events
 from schemas.events import Purchase, event_items
 
 K = 20

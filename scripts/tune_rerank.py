@@ -2,7 +2,7 @@
 
 usage: .venv/bin/python scripts/tune_rerank.py DATA [USER_MOD] [names,comma,separated]
 
-The evaluated period (app.evaluate.split_events) is dropped first; the last quarter of the rest is
+The evaluated period (app.evaluation.evaluate.split_events) is dropped first; the last quarter of the rest is
 the validation period (everything before it is the fit period: model training, profiles, trending).
 Every USER_MOD-th user (crc32) with an earlier event is scored there; everyone is replayed.
 
@@ -19,9 +19,9 @@ import time
 import zlib
 from pathlib import Path
 
-from app.evaluate import load_events, split_events
-from app.evaluate_streamrec import SharedModel, StreamRecSystem, Variant
-from models.baselines import baseline_factories
+from app.evaluation.baselines import baseline_factories
+from app.evaluation.evaluate import load_events, split_events
+from app.evaluation.evaluate_streamrec import SharedModel, StreamRecSystem, Variant
 from models.recommender import Recommender, RecommenderOptions, UserRequest
 from models.rerank import DESIGNED_PARAMS, RerankParams, rerank
 from schemas.events import event_items

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from app.settings import Settings
+from app.runtime.settings import Settings
 from app.store.base import ItemMeta, ProfileSnapshot, Store
 
 log = logging.getLogger(__name__)

@@ -31,8 +31,8 @@ from cassandra.policies import (
 )
 from cassandra.query import PreparedStatement
 
-from app.logs import user_ref
-from app.settings import Settings
+from app.runtime.logs import user_ref
+from app.runtime.settings import Settings
 from app.store.base import (
     ItemMeta,
     ProfileSnapshot,

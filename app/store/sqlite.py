@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import orjson
 
-from app.logs import user_ref
+from app.runtime.logs import user_ref
 from app.store.base import (
     ItemMeta,
     ProfileSnapshot,

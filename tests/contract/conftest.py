@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings
+from app.runtime.settings import Settings
 from app.store.base import Store
 from app.store.cassandra import _STATEMENTS
 

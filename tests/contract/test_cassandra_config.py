@@ -13,7 +13,7 @@ from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
-from app.settings import Settings
+from app.runtime.settings import Settings
 from app.store.cassandra import (
     BUCKET_MS,
     cluster_options,

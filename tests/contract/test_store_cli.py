@@ -10,10 +10,10 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from app.settings import Settings, get_settings
+from app.runtime.settings import Settings, get_settings
 from app.store import open_store
+from app.store.cli import forget_user_store, store_app
 from app.store.sqlite import SqliteStore
-from app.store_cli import forget_user_store, store_app
 from tests.contract.test_store_contract import now_ms, profile, rec
 
 

@@ -15,14 +15,14 @@ import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from app import topics
-from app.broker import EmbeddedBroker
-from app.kafka import ensure_topics
-from app.process import WorkerProcess
-from app.settings import Settings
-from app.simulator import simulate
-from app.training import train_model
+from app.runtime.broker import EmbeddedBroker
+from app.runtime.kafka import ensure_topics
+from app.runtime.settings import Settings
+from app.tools.process import WorkerProcess
+from app.tools.simulator import simulate
+from app.tools.training import train_model
 from models.vectors import ItemVectors
+from schemas import topics
 from schemas.events import CatalogItem, Recommendation
 from schemas.validation import encode_event
 

@@ -7,7 +7,7 @@ import uuid
 
 import httpx
 
-from app.process import WorkerProcess
+from app.tools.process import WorkerProcess
 from tests.integration.conftest import Kafka
 from tests.waiting import wait_for
 
@@ -79,7 +79,7 @@ def test_streamrec_serve_alone_reads_the_same_store(worker: WorkerProcess, kafka
     import sys
     from pathlib import Path
 
-    from app.broker import free_port
+    from app.runtime.broker import free_port
 
     user = f"serve-{uuid.uuid4().hex[:8]}"
     now = int(time.time() * 1000)

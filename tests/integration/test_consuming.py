@@ -9,7 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
-from app.process import WorkerProcess
+from app.tools.process import WorkerProcess
 from schemas.events import Browse, Click
 from tests.integration.conftest import Kafka
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from app.process import WorkerProcess
-from app.simulator import simulate
+from app.tools.process import WorkerProcess
+from app.tools.simulator import simulate
 from schemas.events import CatalogItem
 from tests.integration.conftest import Kafka
 from tests.waiting import wait_for

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import default_dataset
+from app.runtime.settings import default_dataset
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""app/fastpath.py against the real broker: every message once, in order per partition, offsets committed.
+"""app/runtime/faust_fixes/fastpath.py against the real broker: every message once, in order per partition, offsets committed.
 
 A child Faust worker on `StreamRecApp` reads a 2-partition topic through a deliberately small stream
 buffer (so the full-queue path is exercised), is stopped with SIGTERM, and is started again after more
@@ -23,8 +23,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app.broker import EmbeddedBroker
-from app.process import py_spy_dump
+from app.runtime.broker import EmbeddedBroker
+from app.tools.process import py_spy_dump
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,7 +132,7 @@ def test_fastpath_delivers_each_message_once_in_order_and_commits(broker: Embedd
 
 def test_a_failed_batch_is_not_committed_and_comes_back_after_a_restart(broker: EmbeddedBroker,
                                                                         tmp_path: Path) -> None:
-    """app.faust_app.acked_only_when_done: take_events alone would ack (and commit) the failed batch."""
+    """app.runtime.faust_fixes.batches.acked_only_when_done: take_events alone would ack (and commit) the failed batch."""
     topic, group = f"failbatch-{uuid.uuid4().hex[:8]}", f"failbatch-{uuid.uuid4().hex[:8]}"
     asyncio.run(_create(broker.bootstrap, topic))
     values = range(2000)
@@ -162,7 +162,7 @@ def test_a_failed_batch_is_not_committed_and_comes_back_after_a_restart(broker: 
 @pytest.mark.parametrize("fastpath", ["true", "false"])
 def test_a_failed_batch_comes_back_in_the_same_worker_and_commits_reach_the_end(
         broker: EmbeddedBroker, tmp_path: Path, fastpath: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """app/repair.py: the failed batch's hole blocks the commits until the worker reads the partition again.
+    """app/runtime/faust_fixes/repair.py: the failed batch's hole blocks the commits until the worker reads the partition again.
 
     Messages keep arriving while it does, so the seek happens with fetched batches in flight: a seek
     that let the rest of such a batch through would make Faust commit over the offsets in between
@@ -205,7 +205,7 @@ def test_a_failed_batch_comes_back_in_the_same_worker_and_commits_reach_the_end(
 @pytest.mark.parametrize("fastpath", ["true", "false"])
 def test_a_single_failed_message_at_the_committed_offset_is_read_again_not_committed_over(
         broker: EmbeddedBroker, tmp_path: Path, fastpath: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """app/repair.py `_new_offset`: Faust alone commits over one missing offset at the head of the acks.
+    """app/runtime/faust_fixes/repair.py `_new_offset`: Faust alone commits over one missing offset at the head of the acks.
 
     With batches of one message, the failed batch is a single offset; everything after it is acked,
     so Faust's commit (which takes a lone missing offset for a non-data one) would skip it for good:
@@ -233,7 +233,7 @@ def test_a_single_failed_message_at_the_committed_offset_is_read_again_not_commi
 @pytest.mark.parametrize("fastpath", ["true", "false"])
 def test_seeks_while_fetching_neither_crash_nor_stall_the_fetch_loop(
         broker: EmbeddedBroker, tmp_path: Path, fastpath: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """app/repair.py `_seek`: the repair's seek runs on aiokafka's own thread.
+    """app/runtime/faust_fixes/repair.py `_seek`: the repair's seek runs on aiokafka's own thread.
 
     Faust's seek calls aiokafka's from the app's thread, racing the consumer thread's fetcher: after a
     repair in the SIGKILL test the fetcher crashed (KeyError in `fetched_records`). Here the child

@@ -22,12 +22,12 @@ import psutil
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from app.api import MAX_EVENTS, LazyProducer, api_routes
-from app.broker import EmbeddedBroker, free_port
-from app.kafka import producer
-from app.process import WorkerProcess
-from app.settings import Settings
-from app.web import MAX_BODY_BYTES, MAX_USER_ID, build_web_app
+from app.runtime.broker import EmbeddedBroker, free_port
+from app.runtime.kafka import producer
+from app.runtime.settings import Settings
+from app.serving.api import MAX_EVENTS, LazyProducer, api_routes
+from app.serving.web import MAX_BODY_BYTES, MAX_USER_ID, build_web_app
+from app.tools.process import WorkerProcess
 from schemas.validation import Limits
 from tests.waiting import wait_for
 

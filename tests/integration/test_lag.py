@@ -19,12 +19,12 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app import topics
-from app.broker import EmbeddedBroker
-from app.kafka import ensure_topics
-from app.lag import PartitionLag, sample_once
-from app.process import WorkerProcess
-from app.settings import Settings
+from app.runtime.broker import EmbeddedBroker
+from app.runtime.kafka import ensure_topics
+from app.runtime.settings import Settings
+from app.serving.lag import PartitionLag, sample_once
+from app.tools.process import WorkerProcess
+from schemas import topics
 from tests.waiting import wait_for
 
 INPUT = (topics.CLICK, topics.BROWSE, topics.PURCHASE)

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from app import topics
 from app.store.sqlite import SqliteStore
+from schemas import topics
 from schemas.events import Browse, Click, OrderItem, Purchase
 from tests.waiting import wait_for
 

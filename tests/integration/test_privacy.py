@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from app import topics
 from app.store.sqlite import SqliteStore
+from schemas import topics
 from schemas.events import Browse
 from tests.waiting import wait_for
 

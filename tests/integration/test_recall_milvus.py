@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from models.recall import Hit, MilvusRecall, RecallTimeout, build_filter, quote
+from app.store.vectors import Hit, MilvusRecall, RecallTimeout, build_filter, quote
 
 DIM = 16
 N = 300

@@ -21,10 +21,10 @@ import httpx
 import orjson
 import pytest
 
-from app import topics
-from app.process import WorkerProcess
-from app.settings import Settings
+from app.runtime.settings import Settings
+from app.tools.process import WorkerProcess
 from models.profile import ProfileParams, UserProfile, apply_event, event_kind, new_profile
+from schemas import topics
 from schemas.events import Purchase, UserEvent
 from schemas.validation import Limits, Rejection, decode_event, encode_event
 from tests.reliability.conftest import Cluster, now_ms, report, scale, shop_events
@@ -70,7 +70,7 @@ def mismatches(actual: dict, expected: UserProfile) -> list[str]:
 def kill_during_recovery(cluster: Cluster, timeout_s: float = 120.0) -> bool:
     """Start a worker with no local table state and SIGKILL it while it restores from the changelogs.
 
-    Recovery begins by probing the changelogs' high watermarks (app/highwater.py logs it), so a kill
+    Recovery begins by probing the changelogs' high watermarks (app/runtime/faust_fixes/highwater.py logs it), so a kill
     right after that line lands inside recovery. Returns True if it did (the worker was not ready)."""
     log = cluster.data_dir / "worker.log"
     start = log.stat().st_size if log.exists() else 0
@@ -189,7 +189,7 @@ def explain_missing(cluster: Cluster, missing: set[str], extra: set[str], stats:
 def explain_order(cluster: Cluster, worker: WorkerProcess, users: Iterable[str], most: int = 3) -> str:
     """Where the worker applied a mismatched user's events, against where the profile agent first read them.
 
-    The profile table's ledger (app/ledger.py) keeps, per recent event, the `streamrec.events` offset
+    The profile table's ledger (app/runtime/ledger.py) keeps, per recent event, the `streamrec.events` offset
     at which it was applied. An event applied at a later copy than its first (a re-forwarded
     duplicate) was skipped or undone at the first one: that is the offset to look for in the logs."""
     try:

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from app import topics
-from app.settings import Settings
+from app.runtime.settings import Settings
+from schemas import topics
 from schemas.events import Browse, Click
 from schemas.validation import Reason
 from tests.reliability.conftest import Cluster, now_ms, report, scale

@@ -1,4 +1,4 @@
-"""The Tansu ListOffsets fault that broke table recovery after a crash, and its fix (app/highwater.py)."""
+"""The Tansu ListOffsets fault that broke table recovery after a crash, and its fix (app/runtime/faust_fixes/highwater.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app.broker import EmbeddedBroker
-from app.highwater import exact_highwaters
+from app.runtime.broker import EmbeddedBroker
+from app.runtime.faust_fixes.highwater import exact_highwaters
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -12,7 +12,7 @@ import orjson
 import psutil
 import pytest
 
-from app.settings import Settings
+from app.runtime.settings import Settings
 from schemas.events import Browse, Click, OrderItem, Purchase
 from tests.reliability.conftest import Cluster, now_ms, report, scale, shop_events
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from app import topics
 from models.recommender import FALLBACK_NOTE
+from schemas import topics
 from schemas.events import Recommendation
 from tests.reliability.conftest import Cluster, report, scale, shop_events
 

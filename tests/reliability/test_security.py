@@ -10,14 +10,14 @@ import numpy as np
 import psutil
 import pytest
 
-from app.logs import user_ref
-from app.services import recall_for
-from app.settings import Settings
+from app.runtime.logs import user_ref
+from app.runtime.services import recall_for
+from app.runtime.settings import Settings
 from app.store import open_store
+from app.store.vectors import MilvusRecall
 from models.encoder import latest_model_version, load_model_version
 from models.popularity import Trending
 from models.profile import ProfileParams, apply_event, new_profile
-from models.recall import MilvusRecall
 from models.recommender import FALLBACK_NOTE, Recommender, RecommenderOptions, UserRequest
 from tests.reliability.conftest import Cluster, now_ms, shop_events
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from app.process import WorkerProcess
+from app.tools.process import WorkerProcess
 from tests.reliability.conftest import Cluster, report, scale, shop_events
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]

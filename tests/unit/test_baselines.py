@@ -8,7 +8,7 @@ from itertools import pairwise
 
 import pytest
 
-from models.baselines import (
+from app.evaluation.baselines import (
     ItemKNN,
     Popularity,
     RecentPopularity,

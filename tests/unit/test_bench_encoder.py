@@ -1,4 +1,4 @@
-"""app/bench_encoder.py on a real exported encoder: every usable provider measured, same vectors as CPU."""
+"""app/benchmarks/bench_encoder.py on a real exported encoder: every usable provider measured, same vectors as CPU."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from app.bench_encoder import ROUTED, main, measure, table
+from app.benchmarks.bench_encoder import ROUTED, main, measure, table
 from models.encoder import UserEncoder, cuda_device_count, export_onnx
 
 

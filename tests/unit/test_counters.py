@@ -1,4 +1,4 @@
-"""The stats rows' counted-offset ranges (app/counters.py): each source message counted exactly once,
+"""The stats rows' counted-offset ranges (app/runtime/counters.py): each source message counted exactly once,
 whatever order redeliveries come back in."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import orjson
 
-from app import counters
-from app.counters import BatchCounts, OffsetRanges, counted_offsets, totals
+from app.runtime import counters
+from app.runtime.counters import BatchCounts, OffsetRanges, counted_offsets, totals
 
 
 def test_in_order_offsets_stay_one_range() -> None:

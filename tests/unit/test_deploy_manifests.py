@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app import topics
+from schemas import topics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app.evaluate import (
+from app.evaluation.baselines import Served, baseline_factories
+from app.evaluation.evaluate import (
     DAY_MS,
     choose_boundary,
     evaluate_command,
@@ -21,9 +22,8 @@ from app.evaluate import (
     write_json,
     write_report,
 )
-from app.replay import read_events
-from app.settings import default_dataset
-from models.baselines import Served, baseline_factories
+from app.runtime.settings import default_dataset
+from app.tools.replay import read_events
 from schemas.events import Browse, CatalogItem, Click, OrderItem, Purchase, UserEvent
 from schemas.validation import encode_event
 

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from app.evaluate import evaluate_streams
-from app.evaluate_streamrec import (
+from app.evaluation.evaluate import evaluate_streams
+from app.evaluation.evaluate_streamrec import (
     VARIANTS,
     SharedModel,
     StreamRecSystem,

@@ -1,4 +1,4 @@
-"""app/fastpath.py pieces that need no broker: the drain wait, the drain loop on a scripted fetch, and which
+"""app/runtime/faust_fixes/fastpath.py pieces that need no broker: the drain wait, the drain loop on a scripted fetch, and which
 App class is used."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import faust
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP, Message
 
-from app.fastpath import FastConsumer, StreamRecApp, app_class, drained
-from app.faust_app import build_runtime
-from app.settings import Settings
+from app.runtime.faust_app import build_runtime
+from app.runtime.faust_fixes.fastpath import FastConsumer, StreamRecApp, app_class, drained
+from app.runtime.settings import Settings
 
 
 def test_drained_waits_until_every_queue_is_half_empty() -> None:

@@ -1,11 +1,11 @@
-"""The worker's Kafka fetches wait `fetch_max_wait_ms`, not Faust's hard-coded 1,500 ms (app/highwater.py)."""
+"""The worker's Kafka fetches wait `fetch_max_wait_ms`, not Faust's hard-coded 1,500 ms (app/runtime/faust_fixes/highwater.py)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from app.faust_app import build_runtime
-from app.settings import Settings
+from app.runtime.faust_app import build_runtime
+from app.runtime.settings import Settings
 
 
 def _worker_consumer_wait_ms(settings: Settings) -> int:

@@ -1,8 +1,8 @@
-"""What a redelivered events message counts as (app/ledger.py)."""
+"""What a redelivered events message counts as (app/runtime/ledger.py)."""
 
 from __future__ import annotations
 
-from app.ledger import bounded, classify, header, source_id
+from app.runtime.ledger import bounded, classify, header, source_id
 
 
 def test_classify_covers_every_redelivery_case() -> None:

@@ -8,7 +8,7 @@ import math
 import orjson
 import pytest
 
-from app.settings import Settings
+from app.runtime.settings import Settings
 from models.decay import decay_factor
 from models.profile import (
     ProfileParams,

@@ -1,11 +1,11 @@
-"""MilvusRecall rides out milvus-lite's start-up window instead of failing the worker (models/recall.py)."""
+"""MilvusRecall rides out milvus-lite's start-up window instead of failing the worker (app/store/vectors.py)."""
 
 from __future__ import annotations
 
 import pytest
 from pymilvus import MilvusException
 
-from models.recall import retry_while_starting
+from app.store.vectors import retry_while_starting
 
 STARTING = MilvusException(code=2000, message='Assert "init_flag_ == true"  => Mmap manager has not been init.')
 

@@ -1,4 +1,4 @@
-"""app/repair.py `holes`: which partitions have commits blocked by unacknowledged offsets."""
+"""app/runtime/faust_fixes/repair.py `holes`: which partitions have commits blocked by unacknowledged offsets."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 from mode.threads import QueueServiceThread
 
-from app.faust_app import acked_only_when_done, build_runtime, offset_spans
-from app.repair import FetchedOffsets, Hole, RepairingConsumer, holes
-from app.settings import Settings
-from app.shutdown import CommitGateConsumer
+from app.runtime.faust_app import build_runtime
+from app.runtime.faust_fixes.batches import acked_only_when_done, offset_spans
+from app.runtime.faust_fixes.repair import FetchedOffsets, Hole, RepairingConsumer, holes
+from app.runtime.faust_fixes.shutdown import CommitGateConsumer
+from app.runtime.settings import Settings
 
 
 def test_a_partition_acked_from_its_committed_offset_is_not_blocked() -> None:
@@ -130,7 +131,7 @@ class _SeekRecordingThread(QueueServiceThread):
 
 
 def test_a_repair_seeks_on_the_consumer_thread_not_on_the_apps() -> None:
-    """aiokafka's seek touches fetcher state owned by the consumer thread's loop (app/repair.py)."""
+    """aiokafka's seek touches fetcher state owned by the consumer thread's loop (app/runtime/faust_fixes/repair.py)."""
     consumer = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="repair-seek")).app.consumer
     tp = TP("t", 1)
 
@@ -186,7 +187,7 @@ def test_a_jump_on_a_topic_without_gaps_is_left_as_a_hole_until_it_comes_back(ca
     click, lists = TP("ecom.click", 0), TP("reco.recommendations", 0)
     consumer._committed_offset[click] = 11
     consumer._acked[click] = [15, 16]  # delivered and acknowledged after the jump
-    with caplog.at_level(logging.WARNING, logger="app.repair"):
+    with caplog.at_level(logging.WARNING, logger="app.runtime.faust_fixes.repair"):
         asyncio.run(consumer._add_gap(click, 11, 15))  # as the fetch loop calls it: read offset 10, next record 15
         assert not consumer._gap[click] and consumer._new_offset(click) is None  # commits stop below the hole
         assert holes(consumer._committed_offset, consumer._acked, ()) == {click: Hole(11, 15, False)}

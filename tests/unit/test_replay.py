@@ -14,8 +14,8 @@ import msgspec
 import orjson
 import pytest
 
-from app import topics
-from app.replay import (
+from app.runtime.settings import default_dataset
+from app.tools.replay import (
     BadLine,
     ReplayStats,
     read_events,
@@ -24,7 +24,7 @@ from app.replay import (
     replay,
     split_by_time,
 )
-from app.settings import default_dataset
+from schemas import topics
 from schemas.events import Browse, CatalogItem, Click, OrderItem, Purchase
 from schemas.validation import Limits, Reason, decode_event
 
@@ -53,7 +53,7 @@ def write(path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("name", ["events.csv", "events.csv.gz"])
 def test_taobao_mapping(tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="app.replay"):
+    with caplog.at_level(logging.WARNING, logger="app.tools.replay"):
         events = list(read_taobao_csv(write(tmp_path / name, CSV)))
     assert [type(e) for e in events] == [Browse, Click, Click, Purchase, Browse, Browse]
     pv, cart, fav, buy, *_ = events

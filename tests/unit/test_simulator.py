@@ -7,8 +7,8 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from app import topics
-from app.simulator import SESSION_GAP_MS, simulate
+from app.tools.simulator import SESSION_GAP_MS, simulate
+from schemas import topics
 from schemas.events import Browse, CatalogItem, Click, Purchase, event_items
 from schemas.validation import Limits, decode_event, encode_event, event_type
 

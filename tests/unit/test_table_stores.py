@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.faust_app import build_runtime
-from app.settings import Settings
+from app.runtime.faust_app import build_runtime
+from app.runtime.settings import Settings
 
 
 def test_table_stores_use_the_configured_rocksdb_memory_bounds(tmp_path: Path) -> None:

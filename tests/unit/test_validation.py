@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import topics
-from app.settings import Settings
+from app.runtime.settings import Settings
+from schemas import topics
 from schemas.events import Browse, CatalogItem, Click, OrderItem, Purchase
 from schemas.validation import (
     Limits,

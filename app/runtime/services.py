@@ -1,0 +1,98 @@
+"""Long-lived services of one worker process: models, recall, popularity, the scene model, the store.
+
+Built once at worker start and attached to the runtime; agents reach them through `sr.services`.
+A new model version written by `streamrec train` is picked up without a restart (`maybe_reload`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.runtime.settings import Settings
+from app.store.vectors import MilvusRecall
+from models.encoder import ModelVersion, latest_model_version, load_model_version
+from models.popularity import Trending
+from models.profile import ProfileParams
+from models.recommender import Recommender, RecommenderOptions
+from models.scene import SceneModel
+from schemas.validation import Limits
+
+logger = logging.getLogger(__name__)
+
+
+def recall_for(settings: Settings, model: ModelVersion) -> MilvusRecall:
+    """The Milvus collection of one model version; loaded on first use, reused when it exists."""
+    suffix = re.sub(r"[^0-9A-Za-z_]", "_", model.version)
+    uri = settings.milvus_uri or str(settings.milvus_lite_path)
+    if not settings.milvus_uri:
+        settings.milvus_lite_path.parent.mkdir(parents=True, exist_ok=True)
+    recall = MilvusRecall(uri, f"{settings.milvus_collection}_{suffix}", model.dim,
+                          token=settings.milvus_token.get_secret_value(), timeout_s=settings.recall_timeout_s)
+    loaded = recall.count() if recall.exists() else -1  # -1: no collection for this version yet
+    if loaded != len(model.vectors.ids):
+        vectors = model.vectors
+        recall.load_items(list(vectors.ids), vectors.matrix,
+                          [vectors.categories.get(item) or "" for item in vectors.ids])
+        logger.info("loaded %d item vectors of %s into Milvus", len(vectors.ids), model.version)
+    return recall
+
+
+@dataclass
+class Services:
+    settings: Settings
+    limits: Limits
+    params: ProfileParams
+    scene_model: SceneModel
+    trending: Trending
+    recommender: Recommender
+    model_path: Path | None = None
+
+    @classmethod
+    def load(cls, settings: Settings) -> Services:
+        trending = Trending()
+        options = RecommenderOptions(list_size=settings.list_size, recall_k=settings.recall_k)
+        services = cls(settings=settings, limits=Limits.from_settings(settings),
+                       params=ProfileParams.from_settings(settings), scene_model=SceneModel(),
+                       trending=trending, recommender=Recommender(None, None, trending, options))
+        services.maybe_reload()
+        return services
+
+    def maybe_reload(self) -> bool:
+        """Load the newest model version under model_dir if it is not the one serving; True if swapped."""
+        loaded = self.load_newer()
+        if loaded is not None:
+            self.install(*loaded)
+        return loaded is not None
+
+    def load_newer(self) -> tuple[ModelVersion, MilvusRecall, Path] | None:
+        """The slow half of a reload (files, Milvus load): safe to run in a thread."""
+        latest = latest_model_version(self.settings.model_dir) if self.settings.model_dir.exists() else None
+        if latest is None or latest == self.model_path:
+            return None
+        model = load_model_version(latest, self.settings.encoder_device, self.settings.encoder_gpu_min_batch)
+        return model, recall_for(self.settings, model), latest
+
+    def install(self, model: ModelVersion, recall: MilvusRecall, path: Path) -> None:
+        """The swap: run on the event loop, between two refresh batches, so a batch sees one version."""
+        self.recommender.model, self.recommender.recall = model, recall
+        self.model_path = path
+        logger.info("serving model %s (encoder on %s)", model.version, model.encoder.provider)
+
+    @property
+    def ready(self) -> bool:
+        return self.recommender.model is not None
+
+    def apply_catalog(self, items: list) -> None:
+        """Upsert catalog items into recall (own vector, else category centroid) and popularity's map."""
+        recommender = self.recommender
+        for item in items:
+            if recommender.model is None or recommender.recall is None:
+                continue
+            vector = item.vector or recommender.model.vectors.vector(item.item_id, item.category)
+            if vector is not None and len(vector) == recommender.model.dim:
+                recommender.recall.upsert_item(item.item_id, vector, item.category, item.available)
+            else:
+                recommender.recall.set_available(item.item_id, item.available)
