@@ -9,12 +9,16 @@ from typing import Annotated
 
 import typer
 
+from app.cli_errors import FriendlyErrors, UserError
 from app.runtime.settings import Settings, get_settings
 
-cli = typer.Typer(add_completion=False, no_args_is_help=True,
+cli = typer.Typer(cls=FriendlyErrors, add_completion=False, no_args_is_help=True,
                   help="StreamRec: real-time, scene-aware recommendations on Kafka.")
 
 Bootstrap = Annotated[str | None, typer.Option("--bootstrap", help="Kafka bootstrap (overrides STREAMREC_KAFKA_BOOTSTRAP)")]
+# An input file must exist and be a readable file: typer says so in one line before anything starts.
+DataFile = Annotated[Path, typer.Option(exists=True, dir_okay=False, readable=True,
+                                        help="Taobao CSV(.gz) or JSON lines in the topic schema")]
 
 
 def _settings(bootstrap: str | None = None) -> Settings:
@@ -26,30 +30,53 @@ def _settings(bootstrap: str | None = None) -> Settings:
 
 def _need_broker(settings: Settings) -> None:
     if settings.embedded_broker:
-        raise typer.BadParameter("no Kafka to talk to: set STREAMREC_KAFKA_BOOTSTRAP or pass --bootstrap "
+        raise UserError("no Kafka to talk to: set STREAMREC_KAFKA_BOOTSTRAP or pass --bootstrap "
                                  "(the demo prints the embedded broker's address)")
 
 
+SERVICES = frozenset({"worker", "serve", "demo", "bench"})  # long-running: their client logs stay on
+
+
+def _need_events(path: Path) -> None:
+    """Fail before any work when `path` holds no valid event (every row rejected, or empty)."""
+    from app.tools.replay import read_events
+
+    if next(iter(read_events(path)), None) is None:
+        raise UserError(f"no valid events in {path}: every line was rejected or the file is empty (the log above "
+                        "says why for the first lines); expected Taobao CSV (user,item,category,behavior,ts) "
+                        "or JSON lines in the topic schema")
+
+
 @cli.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _main(ctx: typer.Context,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logs; tracebacks on errors")] = False,
+          ) -> None:
+    ctx.obj = {"verbose": verbose}
     level = logging.DEBUG if verbose else getattr(logging, get_settings().log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(max(level, logging.WARNING))
     logging.getLogger("faust").setLevel(max(level, logging.WARNING))
     logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
+    if not verbose and ctx.invoked_subcommand not in SERVICES:
+        # A short-lived command reports an unreachable Kafka or Cassandra once, in one line (app/cli_errors.py);
+        # the clients would log every failed connect, with tracebacks.
+        for name in ("aiokafka", "cassandra"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 @cli.command()
 def demo(
-    data: Annotated[Path | None, typer.Option(help="Taobao CSV(.gz) or JSON lines; default: the shared data set, else the simulator")] = None,
-    events: Annotated[int | None, typer.Option(help="replay at most N events")] = None,
-    duration: Annotated[float | None, typer.Option(help="stop replaying after S seconds")] = None,
-    rate: Annotated[float, typer.Option(help="events/s; 0 = as fast as possible")] = 250.0,
+    data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Taobao CSV(.gz) or JSON lines; default: the shared data set, else the simulator")] = None,
+    events: Annotated[int | None, typer.Option(min=1, help="replay at most N events")] = None,
+    duration: Annotated[float | None, typer.Option(min=1.0, help="stop replaying after S seconds")] = None,
+    rate: Annotated[float, typer.Option(min=0.0, help="events/s; 0 = as fast as possible")] = 250.0,
     simulate: Annotated[bool, typer.Option("--simulate", help="use the built-in simulator even if data exists")] = False,
 ) -> None:
     """Start the embedded broker and a worker, train, replay, show live recommendations, summarise."""
     from app.tools.demo import run_demo
 
+    if data is not None:
+        _need_events(data)
     raise typer.Exit(run_demo(get_settings(), data=data, max_events=events, duration_s=duration, rate=rate,
                               simulate=simulate))
 
@@ -64,11 +91,12 @@ def worker() -> None:
 
 @cli.command()
 def replay(
-    path: Annotated[Path | None, typer.Argument(help="Taobao CSV(.gz) or JSON lines")] = None,
+    path: Annotated[Path | None, typer.Argument(exists=True, dir_okay=False, readable=True,
+                                                help="Taobao CSV(.gz) or JSON lines")] = None,
     simulate: Annotated[bool, typer.Option("--simulate", help="replay the built-in simulator instead")] = False,
-    rate: Annotated[float | None, typer.Option(help="events/s; omit for as fast as possible")] = None,
-    speedup: Annotated[float | None, typer.Option(help="N x real time, paced by event time")] = None,
-    events: Annotated[int | None, typer.Option(help="stop after N events")] = None,
+    rate: Annotated[float | None, typer.Option(min=0.001, help="events/s; omit for as fast as possible")] = None,
+    speedup: Annotated[float | None, typer.Option(min=0.001, help="N x real time, paced by event time")] = None,
+    events: Annotated[int | None, typer.Option(min=1, help="stop after N events")] = None,
     rebase: Annotated[bool, typer.Option(help="stamp events with the send time (live freshness)")] = True,
     bootstrap: Bootstrap = None,
 ) -> None:
@@ -77,8 +105,12 @@ def replay(
 
     if (path is None) == (not simulate):
         raise typer.BadParameter("give a PATH or --simulate (not both)")
+    if rate is not None and speedup is not None:
+        raise typer.BadParameter("give --rate or --speedup, not both")
     settings = _settings(bootstrap)
     _need_broker(settings)
+    if path is not None:
+        _need_events(path)
     stats = asyncio.run(replay_to_kafka(settings, source_events(path, simulate, events), rate=rate,
                                         speedup=speedup, rebase=rebase))
     typer.echo(f"sent {stats.sent} events in {stats.elapsed_s:.1f} s ({stats.events_per_s:,.0f} events/s): "
@@ -90,8 +122,13 @@ def recs(user_id: str) -> None:
     """Print a user's latest recommendation list (from the store the worker writes)."""
     from app.store import open_store
 
+    settings = get_settings()
+    if settings.store == "sqlite" and not settings.sqlite_path.exists():  # a read creates nothing
+        raise UserError(f"no store at {settings.sqlite_path}: run this where the worker runs, or set "
+                        "STREAMREC_SQLITE_PATH / STREAMREC_DATA_DIR to the worker's")
+
     async def latest() -> object:
-        store = await open_store(get_settings())
+        store = await open_store(settings)
         try:
             return await store.latest_recommendation(user_id)
         finally:
@@ -99,8 +136,8 @@ def recs(user_id: str) -> None:
 
     record = asyncio.run(latest())
     if record is None:
-        typer.echo(f"no recommendations for user {user_id!r} yet", err=True)
-        raise typer.Exit(1)
+        raise UserError(f"no recommendations for user {user_id!r} yet (unknown user, or no event of theirs "
+                        "processed so far)")
     from app.tools.console import print_recommendation
 
     print_recommendation(record)
@@ -110,7 +147,7 @@ def recs(user_id: str) -> None:
 def tail(
     topic: str,
     from_beginning: Annotated[bool, typer.Option("--from-beginning")] = False,
-    limit: Annotated[int | None, typer.Option(help="exit after N messages")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="exit after N messages")] = None,
     bootstrap: Bootstrap = None,
 ) -> None:
     """Print a topic's messages as they arrive, as a downstream app sees them."""
@@ -134,7 +171,7 @@ def topics(bootstrap: Bootstrap = None) -> None:
 
 @cli.command()
 def train(
-    data: Annotated[Path, typer.Option(help="Taobao CSV(.gz) or JSON lines")],
+    data: DataFile,
     train_fraction: Annotated[float, typer.Option(min=0.05, max=1.0, help="train on this earliest share")] = 1.0,
 ) -> None:
     """Train item vectors and the user encoder; write a new model version to STREAMREC_MODEL_DIR."""
@@ -142,6 +179,7 @@ def train(
     from app.tools.training import train_model
 
     settings = get_settings()
+    _need_events(data)
     history = list(read_events(data))
     if train_fraction < 1.0:
         history, _ = split_by_time(history, train_fraction)
@@ -163,7 +201,7 @@ def forget_user(user_id: str, bootstrap: Bootstrap = None) -> None:
 
 @cli.command()
 def evaluate(
-    data: Annotated[Path, typer.Option(help="Taobao CSV(.gz) or JSON lines in the topic schema")],
+    data: DataFile,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results as JSON")] = None,
     report: Annotated[Path | None, typer.Option(help="write a Markdown report (and PNG) here")] = None,
     baselines_only: Annotated[bool, typer.Option(help="skip StreamRec and its ablations")] = False,
@@ -171,6 +209,7 @@ def evaluate(
     """Streaming evaluation on real data: time split, score each event's item against the list served."""
     from app.evaluation.evaluate_streamrec import evaluate_with_streamrec
 
+    _need_events(data)
     result = evaluate_with_streamrec(data, json_out, report, baselines_only=baselines_only)
     for name, system in result.systems.items():
         typer.echo(f"{name:22s} HR@{result.k} {100 * (system.warm[f'hr@{result.k}'] or 0):6.2f}%  "
@@ -180,7 +219,7 @@ def evaluate(
 @cli.command()
 def lag(
     watch: Annotated[bool, typer.Option("--watch", help="refresh every --interval seconds until Ctrl-C")] = False,
-    interval: Annotated[float, typer.Option(help="seconds between samples with --watch")] = 5.0,
+    interval: Annotated[float, typer.Option(min=0.1, help="seconds between samples with --watch")] = 5.0,
     group: Annotated[str | None, typer.Option(help="consumer group (default: STREAMREC_APP_ID)")] = None,
     bootstrap: Bootstrap = None,
 ) -> None:
@@ -206,7 +245,7 @@ def lag(
 
 @cli.command()
 def serve(
-    port: Annotated[int | None, typer.Option(help="HTTP port (default: STREAMREC_WEB_PORT)")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="HTTP port (default: STREAMREC_WEB_PORT)")] = None,
     bootstrap: Bootstrap = None,
 ) -> None:
     """Serve the HTTP API alone (no agents): lists from the store, POST /events to Kafka, /openapi.json."""

@@ -7,9 +7,11 @@ changelogs and Faust raised PartitionsMismatch (DESIGN.md §5).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -17,6 +19,8 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from app.runtime.settings import Settings
 from schemas import topics
+
+Client = TypeVar("Client", AIOKafkaProducer, AIOKafkaConsumer)
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,16 @@ def client_options(settings: Settings) -> dict[str, Any]:
     if context is not None:
         options["ssl_context"] = context
     return options
+
+
+@contextlib.asynccontextmanager
+async def running(client: Client) -> AsyncIterator[Client]:
+    """Start an aiokafka client and always stop it, also when the start fails (an unreachable broker)."""
+    try:
+        await client.start()
+        yield client
+    finally:
+        await client.stop()
 
 
 def producer(settings: Settings, **extra: Any) -> AIOKafkaProducer:

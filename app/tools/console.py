@@ -6,7 +6,8 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from app.runtime.kafka import consumer
+from app.cli_errors import UserError
+from app.runtime.kafka import consumer, running
 from app.runtime.settings import Settings
 from schemas.events import Recommendation
 
@@ -30,11 +31,16 @@ def print_recommendation(record: Recommendation) -> None:
 
 
 async def tail_topic(settings: Settings, topic: str, from_beginning: bool, limit: int | None) -> None:
-    reader = consumer(settings, topic, auto_offset_reset="earliest" if from_beginning else "latest",
+    """Print `topic`'s messages as JSON lines; an unknown topic is an error, not a silent wait."""
+    reader = consumer(settings, auto_offset_reset="earliest" if from_beginning else "latest",
                       enable_auto_commit=False, group_id=None)
-    await reader.start()
-    seen = 0
-    try:
+    async with running(reader):
+        existing = await reader.topics()
+        if topic not in existing:
+            known = ", ".join(sorted(t for t in existing if not t.startswith("__"))) or "none"
+            raise UserError(f"no topic {topic!r} on this broker (topics: {known}); `streamrec topics` creates ours")
+        reader.subscribe([topic])
+        seen = 0
         async for message in reader:
             headers = {k: v.decode(errors="replace") for k, v in (message.headers or ())}
             try:
@@ -49,5 +55,3 @@ async def tail_topic(settings: Settings, topic: str, from_beginning: bool, limit
             seen += 1
             if limit is not None and seen >= limit:
                 break
-    finally:
-        await reader.stop()

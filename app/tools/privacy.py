@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from app.runtime.kafka import producer
+from app.runtime.kafka import producer, running
 from app.runtime.settings import Settings
 from app.store.cli import forget_user_store
 from schemas import topics
@@ -19,11 +19,7 @@ from schemas.validation import encode_event
 
 
 async def request_forget(settings: Settings, user_id: str) -> None:
-    await forget_user_store(user_id, settings)
-    kafka = producer(settings)
-    await kafka.start()
-    try:
+    async with running(producer(settings)) as kafka:  # reach Kafka before erasing anything
+        await forget_user_store(user_id, settings)
         value = encode_event(Forget(user_id=user_id, ts=int(time.time() * 1000)))
         await kafka.send_and_wait(topics.EVENTS, value, key=user_id.encode())
-    finally:
-        await kafka.stop()

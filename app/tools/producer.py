@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 
-from app.runtime.kafka import producer
+from app.runtime.kafka import producer, running
 from app.runtime.settings import Settings
 from app.tools.replay import ReplayStats, read_events, replay
 from app.tools.simulator import simulate
@@ -46,21 +46,17 @@ def rebased(value: bytes) -> bytes:
 async def replay_to_kafka(settings: Settings, events: Iterable[AnyEvent], *, rate: float | None = None,
                           speedup: float | None = None, rebase: bool = True, progress: bool = True,
                           ) -> ReplayStats:
-    kafka = producer(settings)
-    await kafka.start()
     pending = []
+    async with running(producer(settings)) as kafka:
 
-    async def send(topic: str, key: bytes, value: bytes) -> None:
-        pending.append(await kafka.send(topic, rebased(value) if rebase else value, key=key))
-        if len(pending) >= 5000:
-            for fut in pending:
-                await fut
-            pending.clear()
+        async def send(topic: str, key: bytes, value: bytes) -> None:
+            pending.append(await kafka.send(topic, rebased(value) if rebase else value, key=key))
+            if len(pending) >= 5000:
+                for fut in pending:
+                    await fut
+                pending.clear()
 
-    try:
         stats = await replay(events, send, rate=rate, speedup=speedup, progress=progress)
         for fut in pending:
             await fut
         return stats
-    finally:
-        await kafka.stop()
