@@ -183,7 +183,7 @@ def bare_faust_eps(bootstrap: str, n: int, fastpath: bool, workdir: Path) -> dic
 def _bare_faust_main(bootstrap: str, n: int, fastpath: bool, workdir: Path) -> None:  # pragma: no cover
     import faust
 
-    from app.runtime.faust_fixes.fastpath import app_class
+    from app.runtime.faust_fixes import app_class
 
     (workdir / "faust").mkdir(parents=True, exist_ok=True)
     app = app_class(fastpath)(f"bench-bare-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}",

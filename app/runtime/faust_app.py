@@ -13,7 +13,7 @@ from typing import Any
 
 import faust
 
-from app.runtime.faust_fixes.fastpath import app_class
+from app.runtime.faust_fixes import app_class
 from app.runtime.kafka import ssl_context
 from app.runtime.settings import Settings
 from schemas import topics
@@ -94,7 +94,7 @@ def build_runtime(settings: Settings) -> StreamRec:
         broker_heartbeat_interval=1.0,
     )
 
-    app.fetch_max_wait_ms = settings.fetch_max_wait_ms  # read by app.runtime.faust_fixes.highwater.ExactHighwaterThread
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms  # StreamRecApp's; its consumer thread's fetches wait this long
 
     def topic(name: str) -> faust.TopicT:
         return app.topic(name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)

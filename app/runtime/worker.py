@@ -17,8 +17,7 @@ from agents import catalog, feedback, ingest, profile, refresh
 from app.runtime.broker import EmbeddedBroker
 from app.runtime.counters import totals
 from app.runtime.faust_app import StreamRec, build_runtime
-from app.runtime.faust_fixes.introspect import pipeline_state
-from app.runtime.faust_fixes.shutdown import StreamRecWorker
+from app.runtime.faust_fixes import StreamRecWorker, pipeline_state
 from app.runtime.kafka import ensure_topics, producer
 from app.runtime.services import Services
 from app.runtime.settings import Settings

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
 from app.runtime import kafka
+from app.runtime.faust_fixes import forget_fetch_state, refresh_metadata
 from app.runtime.settings import Settings
 from schemas import topics
 
@@ -88,7 +89,7 @@ class LagSampler:
         for name in self.topic_names:
             parts = self._consumer.partitions_for_topic(name)
             if parts is None:
-                await self._consumer._client.force_metadata_update()
+                await refresh_metadata(self._consumer)
                 parts = self._consumer.partitions_for_topic(name) or set()
             tps.extend(TopicPartition(name, p) for p in sorted(parts))
         self._consumer.assign(tps)
@@ -132,18 +133,9 @@ class LagSampler:
             out.append(PartitionLag(self.group, tp.topic, tp.partition, committed[tp], high, lag, oldest,
                                     (now_ms - oldest) / 1000.0 if oldest is not None else (0.0 if lag == 0 else None),
                                     now_ms))
-        self._reset_fetch_state(tps)
+        forget_fetch_state(consumer, tps)  # the next sample waits for fresh fetch answers
         consumer.resume(*tps)
         return out
-
-    def _reset_fetch_state(self, tps: Iterable[TopicPartition]) -> None:
-        """Forget highwaters and prefetched records so the next sample waits for fresh fetch answers."""
-        assignment = self._consumer._subscription.subscription.assignment
-        for tp in tps:
-            state = assignment.state_value(tp)
-            state.highwater = None
-            state.timestamp = None
-        self._consumer._fetcher._records.clear()
 
 
 def export(samples: Iterable[PartitionLag]) -> None:

@@ -6,7 +6,7 @@ the first batch holding that value raises instead (its events go to OUTFILE.fail
 failing store would: the batch must not count as processed, and the agent goes on. BATCH (default
 100) is the take_events size; 1 makes the failed batch a single message. STREAMREC_FAUST_FASTPATH=false
 runs it on Faust's own loop with the worker's default consumer instead. FASTPATH_APP_SEEK_EVERY_S
-makes it seek every partition back to its committed offset that often, the way app/runtime/faust_fixes/repair.py does,
+makes it seek every partition back to its committed offset that often, the way the blocked-partition repair does,
 while it fetches (each seek logs "sought back"), for the first FASTPATH_APP_SEEK_FOR_S seconds
 (default 15) of its first seek; then it only consumes, so it can catch up. SIGUSR1 writes the
 consumer's state (app/runtime/faust_fixes/introspect.py, as `GET /debug/pipeline` shows it) to OUTFILE.state, for a test
@@ -26,9 +26,7 @@ from pathlib import Path
 
 import faust
 
-from app.runtime.faust_fixes.batches import acked_only_when_done
-from app.runtime.faust_fixes.fastpath import app_class
-from app.runtime.faust_fixes.introspect import pipeline_state
+from app.runtime.faust_fixes import acked_only_when_done, app_class, pipeline_state
 
 
 def main(bootstrap: str, group: str, topic_name: str, out: Path, fail_at: int | None = None,

@@ -1,6 +1,6 @@
 """app/runtime/faust_fixes/fastpath.py against the real broker: every message once, in order per partition, offsets committed.
 
-A child Faust worker on `StreamRecApp` reads a 2-partition topic through a deliberately small stream
+A child Faust worker on `FastPathApp` reads a 2-partition topic through a deliberately small stream
 buffer (so the full-queue path is exercised), is stopped with SIGTERM, and is started again after more
 messages arrive: the second run must get exactly the new messages, which only holds if the first run
 committed what it processed and nothing more.
@@ -162,7 +162,7 @@ def test_a_failed_batch_is_not_committed_and_comes_back_after_a_restart(broker: 
 @pytest.mark.parametrize("fastpath", ["true", "false"])
 def test_a_failed_batch_comes_back_in_the_same_worker_and_commits_reach_the_end(
         broker: EmbeddedBroker, tmp_path: Path, fastpath: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """app/runtime/faust_fixes/repair.py: the failed batch's hole blocks the commits until the worker reads the partition again.
+    """Fault 11 (`RepairBlockedPartitions`): the failed batch's hole blocks the commits until the worker reads the partition again.
 
     Messages keep arriving while it does, so the seek happens with fetched batches in flight: a seek
     that let the rest of such a batch through would make Faust commit over the offsets in between
@@ -205,7 +205,7 @@ def test_a_failed_batch_comes_back_in_the_same_worker_and_commits_reach_the_end(
 @pytest.mark.parametrize("fastpath", ["true", "false"])
 def test_a_single_failed_message_at_the_committed_offset_is_read_again_not_committed_over(
         broker: EmbeddedBroker, tmp_path: Path, fastpath: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """app/runtime/faust_fixes/repair.py `_new_offset`: Faust alone commits over one missing offset at the head of the acks.
+    """Fault 13 (`NoCommitOverFetchedRecord._new_offset`): Faust alone commits over one missing offset at the head of the acks.
 
     With batches of one message, the failed batch is a single offset; everything after it is acked,
     so Faust's commit (which takes a lone missing offset for a non-data one) would skip it for good:
@@ -233,7 +233,7 @@ def test_a_single_failed_message_at_the_committed_offset_is_read_again_not_commi
 @pytest.mark.parametrize("fastpath", ["true", "false"])
 def test_seeks_while_fetching_neither_crash_nor_stall_the_fetch_loop(
         broker: EmbeddedBroker, tmp_path: Path, fastpath: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """app/runtime/faust_fixes/repair.py `_seek`: the repair's seek runs on aiokafka's own thread.
+    """Fault 15 (`SeekOnConsumerThread._seek`): the repair's seek runs on aiokafka's own thread.
 
     Faust's seek calls aiokafka's from the app's thread, racing the consumer thread's fetcher: after a
     repair in the SIGKILL test the fetcher crashed (KeyError in `fetched_records`). Here the child

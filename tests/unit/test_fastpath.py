@@ -11,7 +11,8 @@ from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP, Message
 
 from app.runtime.faust_app import build_runtime
-from app.runtime.faust_fixes.fastpath import FastConsumer, StreamRecApp, app_class, drained
+from app.runtime.faust_fixes.apps import FastPathApp, FastPathConsumer, app_class
+from app.runtime.faust_fixes.fastpath import drained
 from app.runtime.settings import Settings
 
 
@@ -44,11 +45,11 @@ def test_drained_returns_at_once_when_there_is_room() -> None:
 
 
 def test_runtime_uses_faust_s_own_loop_unless_the_fast_path_is_enabled() -> None:
-    assert app_class(True) is StreamRecApp and issubclass(app_class(False), faust.App)
+    assert app_class(True) is FastPathApp and issubclass(app_class(False), faust.App)
     fast = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="fp-on", faust_fastpath=True))
     stock = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="fp-off"))  # the default
-    assert isinstance(fast.app, StreamRecApp) and not isinstance(stock.app, StreamRecApp)
-    assert type(fast.app.transport).Consumer is FastConsumer
+    assert isinstance(fast.app, FastPathApp) and not isinstance(stock.app, FastPathApp)
+    assert type(fast.app.transport).Consumer is FastPathConsumer
     # fast path off: Faust's own per-message loop (wait_first per message) is the one that runs
     stock_drain = type(stock.app.transport).Consumer._drain_messages
     assert stock_drain is FaustConsumer._drain_messages
@@ -58,13 +59,13 @@ TP_CLICK = TP("ecom.click", 0)
 
 
 def _drained(app_id: str, fetches: list[list[tuple[int, int]]],
-             before: Callable[[FastConsumer, int], None]) -> tuple[list[int], FastConsumer]:
+             before: Callable[[FastPathConsumer, int], None]) -> tuple[list[int], FastPathConsumer]:
     """Run the fast path's real drain loop over scripted fetches of (offset, generation) records of
     one partition, read offset 99 at the start; `before(consumer, offset)` runs just before a record
     is handed over, i.e. while the loop could be waiting. Returns the offsets delivered, in order."""
     app = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id=app_id, faust_fastpath=True)).app
     consumer = app.consumer
-    assert isinstance(consumer, FastConsumer)
+    assert isinstance(consumer, FastPathConsumer)
     delivered: list[int] = []
 
     class Fetcher:
@@ -106,7 +107,7 @@ def test_records_of_an_earlier_assignment_end_the_batch_without_a_gap_or_a_read_
     51..100 as a gap (counted as acknowledged), so the next commit went past offsets still being
     processed. Now the stale rest ends the batch, and the re-fetch from 50 is delivered as usual.
     """
-    def rebalance_at_101(consumer: FastConsumer, offset: int) -> None:
+    def rebalance_at_101(consumer: FastPathConsumer, offset: int) -> None:
         if offset == 101:  # a rebalance, all of it, while the loop waited (queue room, a commit)
             consumer.app.consumer_generation_id = 2
             consumer._read_offset[TP_CLICK] = 50  # Faust's perform_seek: read again from the committed offset
@@ -121,7 +122,7 @@ def test_records_a_seek_made_stale_during_the_waits_are_dropped_not_delivered_ou
     """Fault 17 on the fast path: recovery sought the partition back (read offset 50) while the loop
     held records fetched before the seek (101, 102, same generation). Delivering them would apply
     them before 50..100, which the sought position fetches again; recording a gap would lose those."""
-    def seek_at_101(consumer: FastConsumer, offset: int) -> None:
+    def seek_at_101(consumer: FastPathConsumer, offset: int) -> None:
         if offset == 101:
             consumer._read_offset[TP_CLICK] = 50  # perform_seek during the loop's waits, same generation
 

@@ -1,4 +1,5 @@
-"""app/runtime/faust_fixes/repair.py `holes`: which partitions have commits blocked by unacknowledged offsets."""
+"""The consumer fixes of faults 11, 13, 15 and 17 (app/runtime/faust_fixes/consumer.py) and `holes`, which finds
+partitions whose commits are blocked by unacknowledged offsets."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from faust.types.tuples import ConsumerMessage
 from mode.threads import QueueServiceThread
 
 from app.runtime.faust_app import build_runtime
+from app.runtime.faust_fixes.apps import StreamRecConsumer
 from app.runtime.faust_fixes.batches import acked_only_when_done, offset_spans
-from app.runtime.faust_fixes.repair import FetchedOffsets, Hole, RepairingConsumer, holes
-from app.runtime.faust_fixes.shutdown import CommitGateConsumer
+from app.runtime.faust_fixes.consumer import FetchTracking
+from app.runtime.faust_fixes.offsets import FetchedOffsets, Hole, holes
 from app.runtime.settings import Settings
 
 
@@ -100,7 +102,7 @@ def _consumer_message(offset: int) -> ConsumerMessage:
 def test_the_consumer_does_not_commit_over_a_fetched_record_that_nobody_acknowledged() -> None:
     """The real consumer class of every worker (no broker needed to compute a commit offset)."""
     consumer = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="repair-unit")).app.consumer
-    assert isinstance(consumer, RepairingConsumer)
+    assert isinstance(consumer, StreamRecConsumer)
     consumer.app.topics.acks_enabled_for = lambda topic: True
     tp = TP("t", 0)
     consumer._committed_offset[tp] = 10
@@ -131,7 +133,7 @@ class _SeekRecordingThread(QueueServiceThread):
 
 
 def test_a_repair_seeks_on_the_consumer_thread_not_on_the_apps() -> None:
-    """aiokafka's seek touches fetcher state owned by the consumer thread's loop (app/runtime/faust_fixes/repair.py)."""
+    """aiokafka's seek touches fetcher state owned by the consumer thread's loop (fault 15, `SeekOnConsumerThread`)."""
     consumer = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="repair-seek")).app.consumer
     tp = TP("t", 1)
 
@@ -187,7 +189,7 @@ def test_a_jump_on_a_topic_without_gaps_is_left_as_a_hole_until_it_comes_back(ca
     click, lists = TP("ecom.click", 0), TP("reco.recommendations", 0)
     consumer._committed_offset[click] = 11
     consumer._acked[click] = [15, 16]  # delivered and acknowledged after the jump
-    with caplog.at_level(logging.WARNING, logger="app.runtime.faust_fixes.repair"):
+    with caplog.at_level(logging.WARNING, logger="app.runtime.faust_fixes.consumer"):
         asyncio.run(consumer._add_gap(click, 11, 15))  # as the fetch loop calls it: read offset 10, next record 15
         assert not consumer._gap[click] and consumer._new_offset(click) is None  # commits stop below the hole
         assert holes(consumer._committed_offset, consumer._acked, ()) == {click: Hole(11, 15, False)}
@@ -202,7 +204,7 @@ def test_a_jump_on_a_topic_without_gaps_is_left_as_a_hole_until_it_comes_back(ca
 def test_a_fetch_that_jumps_past_the_read_offset_is_read_again_from_there(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fault 17: a restarted worker's first fetch started one fetch's worth past records never delivered.
 
-    `RepairingConsumer.getmany` holds back the rest of that partition's batch and seeks back, so the
+    `ReReadJumps.getmany` holds back the rest of that partition's batch and seeks back, so the
     missing records come first and in order; other partitions flow on. If the same jump comes back
     (the records are gone), it is let through."""
     consumer = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="repair-jump")).app.consumer
@@ -217,7 +219,7 @@ def test_a_fetch_that_jumps_past_the_read_offset_is_read_again_from_there(monkey
     async def seek(tp: TP, offset: int) -> None:
         sought.append((tp, offset))
 
-    monkeypatch.setattr(CommitGateConsumer, "getmany", fetched, raising=False)
+    monkeypatch.setattr(FetchTracking, "getmany", fetched, raising=False)  # the fetch below ReReadJumps
     consumer.seek = seek
 
     async def drain() -> list[tuple[TP, int]]:

@@ -31,22 +31,14 @@ def in_partition_of(event: EventT) -> Iterator[None]:
 
 @contextlib.contextmanager
 def acked_only_when_done(batch: Sequence[EventT]) -> Iterator[None]:
-    """Leave a `take_events` batch unacknowledged unless the body got through it; never crash the agent.
+    """Faults 9 and 14: a batch whose body raised or was cancelled is left unacknowledged, and the agent
+    goes on (docs/RELIABILITY.md).
 
-    `take_events` acks its batch in a `finally`, so a body that raised or was cancelled half-way (an
-    agent crash, a stop, a rebalance) had its events committed without their effects: a batch lost.
-    Marking the messages acked here makes Faust's `consumer.ack` skip them, so the committed offset
-    stops before them (Faust commits only up to the first gap) and they are delivered again: after the
-    next rebalance or restart, or when app/runtime/faust_fixes/repair.py finds the partition's commits blocked; the dedupe
-    ring and the ledger make that harmless.
-
-    An exception is logged and *not* re-raised: the agent goes on with its next batch. Letting it
-    crash the agent loses events. Faust restarts a crashed agent on the same stream, but the crashed
-    `take_events` leaves the stream's background drainer running with acks switched back on and no
-    buffer to fill, so every message it pulls until the new agent's `take_events` starts is
-    acknowledged, and committed, without being processed (measured:
-    tests/integration/test_fastpath.py, 143 messages of the other partition in one restart).
-    Cancellation still propagates (a stop or a rebalance).
+    `take_events` acks its batch in a `finally`; marking the messages acked here makes Faust's
+    `consumer.ack` skip them, so the commit stops before them and they are delivered again (after a
+    rebalance or restart, or by the blocked-partition repair). An exception is logged, not re-raised:
+    a crashed agent's stream keeps acking what it pulls until Faust restarts the agent. Cancellation
+    (a stop, a rebalance) still propagates.
     """
     try:
         yield

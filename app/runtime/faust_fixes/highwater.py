@@ -1,14 +1,4 @@
-"""Exact high watermarks for Faust's table recovery, also on brokers whose ListOffsets is wrong.
-
-Measured on the embedded Tansu broker (tests/reliability): ListOffsets(latest) answers the base offset
-of the partition's last record batch + 1, not the offset after its last record (15 records sent in 3
-batches of 5: it said 11). Faust uses that answer as the changelog high watermark in recovery, so
-after a SIGKILL a worker (a) raised ConsistencyError ("persisted offset 173 > highwater 172") and
-crashed on every restart, and (b) with no local RocksDB state would stop restoring before the tail of
-the last batch, losing table writes. A fetch response carries the true high watermark, so each
-partition is probed with one small fetch from the listed offset - 1 (inside the last batch), and the
-larger of the two answers is used. On a correct broker the probe only confirms the listed value.
-"""
+"""Faust's aiokafka consumer thread: table recovery's high watermarks (fault 1) and the fetch wait."""
 
 from __future__ import annotations
 
@@ -23,8 +13,6 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from faust.types import TP
 
-from app.runtime.faust_fixes.repair import RepairingConsumer
-
 logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 10.0
@@ -32,7 +20,11 @@ PROBE_TIMEOUT_S = 10.0
 
 async def exact_highwaters(probe: aiokafka.AIOKafkaConsumer, listed: Mapping[TP, int],
                            timeout_s: float = PROBE_TIMEOUT_S) -> dict[TP, int]:
-    """max(listed, the fetch-reported high watermark) per partition; `probe` is a started, group-less consumer."""
+    """max(listed, the fetch-reported high watermark) per partition; `probe` is a started, group-less consumer.
+
+    Each partition is fetched from its listed offset - 1 (inside the last record batch): a fetch answer
+    carries the true high watermark even where ListOffsets(latest) does not (Tansu, fault 1).
+    """
     parts = {TopicPartition(tp.topic, tp.partition): tp for tp in listed}
     probe.assign(list(parts))
     for kafka_tp, tp in parts.items():
@@ -53,21 +45,8 @@ async def exact_highwaters(probe: aiokafka.AIOKafkaConsumer, listed: Mapping[TP,
     return out
 
 
-class ExactHighwaterThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread whose `highwaters()` (used by table recovery) are probed, not listed,
-    and whose fetches wait at most `app.fetch_max_wait_ms` (Faust hard-codes 1,500 ms).
-
-    Tansu does not answer a waiting fetch when data arrives: it holds it for the whole wait
-    (measured: p50 486 ms per hop at 1,500 ms, 17 ms at 100 ms). A list passes three such hops
-    (input -> ingest -> profile -> refresh), so the wait is a large part of a list's freshness.
-    """
-
-    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
-        consumer = super()._create_worker_consumer(transport)
-        wait_ms = getattr(self.app, "fetch_max_wait_ms", None)
-        if wait_ms is not None:
-            consumer._fetch_max_wait_ms = int(wait_ms)  # read by AIOKafkaConsumer.start() for its Fetcher
-        return consumer
+class ProbedHighwaters(faust_aiokafka.AIOKafkaConsumerThread):
+    """Fault 1: table recovery's high watermarks are probed with a fetch, not listed (docs/RELIABILITY.md)."""
 
     async def _highwaters(self, partitions: Iterable[TP]) -> Mapping[TP, int]:
         listed = await super()._highwaters(list(partitions))
@@ -86,9 +65,13 @@ class ExactHighwaterThread(faust_aiokafka.AIOKafkaConsumerThread):
                 await probe.stop()
 
 
-class ExactHighwaterConsumer(RepairingConsumer):
-    """Faust's aiokafka consumer with `ExactHighwaterThread` (and the stop-time commit gate and the
-    blocked-partition repair of app/runtime/faust_fixes/repair.py)."""
+class FetchWaitFromApp(faust_aiokafka.AIOKafkaConsumerThread):
+    """Fetches wait at most the app's `fetch_max_wait_ms`, not Faust's hard-coded 1,500 ms: Tansu holds a
+    waiting fetch for all of it, at each of a list's three hops (docs/BENCHMARKS.md)."""
 
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return ExactHighwaterThread(self, loop=self.loop, beacon=self.beacon)
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        wait_ms = getattr(self.app, "fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            consumer._fetch_max_wait_ms = int(wait_ms)  # read by AIOKafkaConsumer.start() for its Fetcher
+        return consumer

@@ -15,7 +15,8 @@ from typing import Any
 
 import faust
 
-from app.runtime.faust_fixes.repair import lowest_per_partition, stream_channels
+from app.runtime.faust_fixes.consumer import stream_channels
+from app.runtime.faust_fixes.offsets import lowest_per_partition
 
 
 def _guarded(read: Callable[[], Any]) -> Any:
@@ -91,7 +92,7 @@ def pipeline_state(app: faust.App) -> dict[str, Any]:
         "repairs": getattr(consumer, "repairs", None),
         "gaps": getattr(consumer, "gaps", None),
         "rereads": getattr(consumer, "rereads", None),
-        "producer_buffer": _guarded(lambda: app.tools.producer.buffer.size),
+        "producer_buffer": _guarded(lambda: app.producer.buffer.size),
         "partitions": _guarded(lambda: _partitions(consumer)),
         "channels": _guarded(lambda: _channels(app)),
         "agents": _guarded(lambda: _agents(app)),
