@@ -17,7 +17,7 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from cassandra import ConsistencyLevel
@@ -200,15 +200,17 @@ class CassandraStore(Store):
     """
 
     def __init__(self, cluster: Cluster, session: Session, prepared: dict[str, PreparedStatement],
-                 history_ttl_s: int) -> None:
+                 history_ttl_s: int, clock: Callable[[], float] = time.time) -> None:
         self._cluster = cluster
         self._session = session
         self._ps = prepared
         self._ttl_s = history_ttl_s
+        self._clock = clock  # epoch seconds: TTLs and delete stamps; injectable for expiry tests
 
     @classmethod
     async def open(cls, settings: Settings, *, keyspace: str | None = None,
-                   request_timeout_s: float = REQUEST_TIMEOUT_S) -> CassandraStore:
+                   request_timeout_s: float = REQUEST_TIMEOUT_S,
+                   clock: Callable[[], float] = time.time) -> CassandraStore:
         """Connect and prepare every statement (blocking driver calls run on a worker thread)."""
         cluster = Cluster(**cluster_options(settings, request_timeout_s))
         name = keyspace or settings.cassandra_keyspace
@@ -220,7 +222,7 @@ class CassandraStore(Store):
             raise
         log.info("cassandra store: keyspace %s on %s, consistency %s", name, settings.cassandra_hosts,
                  settings.cassandra_consistency)
-        return cls(cluster, session, prepared, settings.history_ttl_s)
+        return cls(cluster, session, prepared, settings.history_ttl_s, clock)
 
     # --- bridge ------------------------------------------------------------------------------------
 
@@ -265,7 +267,7 @@ class CassandraStore(Store):
     # --- recommendation history --------------------------------------------------------------------
 
     async def put_recommendations(self, recs: list[Recommendation]) -> None:
-        now = int(time.time() * 1000)
+        now = int(self._clock() * 1000)
         requests: list[tuple[str, Sequence[Any]]] = []
         for rec in newest_copies(recs):
             ttl = write_ttl_s(rec.generated_at, self._ttl_s, now)
@@ -324,7 +326,7 @@ class CassandraStore(Store):
         buckets = [row.bucket for row in await self._rows("get_buckets", (user_id, 0))]
         # The tombstones must outrank every list of the user, including one stamped with a generated_at
         # slightly ahead of this machine's clock (lists are written with generated_at as their timestamp).
-        stamp = int(time.time() * 1_000_000)
+        stamp = int(self._clock() * 1_000_000)
         if latest:
             stamp = max(stamp, latest[0].generated_at * 1000 + 1)
         requests: list[tuple[str, Sequence[Any]]] = [
