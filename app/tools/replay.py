@@ -249,11 +249,14 @@ async def replay(
     speedup: float | None = None,
     limit: int | None = None,
     progress: bool = True,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> ReplayStats:
     """Send events to their topics in order; paced by ``rate`` (events/s) or ``speedup`` x event time.
 
     With neither, events go as fast as ``send`` takes them. Pacing sleeps only when ahead of schedule
-    by at least 5 ms, so it sleeps per small batch, not per event.
+    by at least 5 ms, so it sleeps per small batch, not per event. ``clock`` (seconds) and ``sleep`` are
+    the pacing's time: real by default, a fake pair in tests so the schedule is checked exactly.
     """
     if rate is not None and speedup is not None:
         raise ValueError("give rate or speedup, not both")
@@ -262,7 +265,7 @@ async def replay(
     total = limit if limit is not None else (len(events) if isinstance(events, Sequence) else None)
     counts: Counter[str] = Counter()
     bar = tqdm(total=total, unit="ev", desc="replay", disable=not progress or not sys.stderr.isatty())
-    start = now = time.perf_counter()
+    start = now = clock()
     first_ts: int | None = None
     sent = 0
     try:
@@ -276,10 +279,10 @@ async def replay(
                 first_ts = event.ts if first_ts is None else first_ts
                 due = start + (event.ts - first_ts) / 1000.0 / speedup
             if due - now >= _MIN_SLEEP_S:
-                now = time.perf_counter()
+                now = clock()
                 if due - now >= _MIN_SLEEP_S:
-                    await asyncio.sleep(due - now)
-                    now = time.perf_counter()
+                    await sleep(due - now)
+                    now = clock()
             kind = event_type(event)
             await send(TOPIC_BY_TYPE[kind], _key(event), encode_event(event))
             counts[kind] += 1
@@ -287,11 +290,11 @@ async def replay(
             if sent % _PROGRESS_EVERY == 0:
                 bar.update(_PROGRESS_EVERY)
                 if rate is None and speedup is None:
-                    await asyncio.sleep(0)  # let other tasks run during a full-speed replay
+                    await sleep(0)  # let other tasks run during a full-speed replay
         bar.update(sent % _PROGRESS_EVERY)
     finally:
         bar.close()
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     stats = ReplayStats(by_type=dict(counts), elapsed_s=elapsed)
     log.info("replayed %d events in %.2f s (%.0f events/s): %s", stats.sent, elapsed, stats.events_per_s,
              stats.by_type)

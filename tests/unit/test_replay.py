@@ -143,46 +143,83 @@ def test_split_by_time_boundary() -> None:
         split_by_time(events, 1.5)
 
 
-class Collect:
-    """A fake producer: records every (topic, key, value) and when it came."""
+class FakeTime:
+    """The replayer's clock and sleep in virtual time: sleeping moves the clock, nothing else does
+    (unless a send is given a cost), so the schedule is exact on any machine however busy."""
 
     def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+    def replay(self, events: list[Browse], send: Collect, **options: float) -> ReplayStats:
+        return asyncio.run(replay(events, send, progress=False, clock=self.clock, sleep=self.sleep, **options))
+
+
+class Collect:
+    """A fake producer: records every (topic, key, value) and the virtual time it was sent at."""
+
+    def __init__(self, fake: FakeTime, cost_s: float = 0.0) -> None:
+        self.fake, self.cost_s = fake, cost_s
         self.calls: list[tuple[str, bytes, bytes]] = []
         self.times: list[float] = []
 
     async def __call__(self, topic: str, key: bytes, value: bytes) -> None:
         self.calls.append((topic, key, value))
-        self.times.append(time.perf_counter())
+        self.times.append(self.fake.now)
+        self.fake.now += self.cost_s
 
 
 def test_replay_at_a_rate_paces_and_preserves_order() -> None:
     events = [mk(1_500_000_000_000 + k, k) for k in range(1000)]
-    send = Collect()
-    t0 = time.perf_counter()
-    stats = asyncio.run(replay(events, send, rate=2000, progress=False))
-    took = time.perf_counter() - t0
-    assert 0.45 <= took <= 1.0
+    fake = FakeTime()
+    start = fake.now
+    send = Collect(fake)
+    stats = fake.replay(events, send, rate=2000)
     assert stats.sent == 1000
     assert stats.by_type == {"browse": 1000}
-    assert 0.45 <= stats.elapsed_s <= 1.0
-    assert stats.events_per_s == pytest.approx(1000 / stats.elapsed_s)
     assert [msgspec.json.decode(v, type=Browse) for _, _, v in send.calls] == events
     assert {t for t, _, _ in send.calls} == {topics.BROWSE}
     assert [k for _, k, _ in send.calls] == [e.user_id.encode() for e in events]
-    # Paced throughout, not a burst at the end: half the events went out in roughly the first half.
-    assert send.times[499] - t0 == pytest.approx(0.25, abs=0.12)
+    # Each event goes out on schedule (k / rate), never late and at most the 5 ms sleep granularity early:
+    # paced throughout, not a burst at either end.
+    offsets = [t - start for t in send.times]
+    early = [due - sent for due, sent in ((k / 2000, offsets[k]) for k in range(1000))]
+    assert all(-1e-9 <= e < 0.005 + 1e-9 for e in early), (min(early), max(early))
+    assert offsets[499] == pytest.approx(0.25, abs=0.005)
+    # It sleeps per small batch (>= 5 ms ahead), not per event.
+    assert all(s >= 0.005 for s in fake.sleeps) and 90 <= len(fake.sleeps) <= 100
+    assert 0.4995 - 0.005 < stats.elapsed_s <= 0.4995 + 1e-9
+    assert stats.events_per_s == pytest.approx(1000 / stats.elapsed_s)
 
 
 def test_replay_with_speedup_follows_event_time_gaps() -> None:
     base = 1_500_000_000_000
-    events = [mk(base, 0), mk(base + 10_000, 1), mk(base + 20_000, 2)]  # 10 s apart
-    send = Collect()
-    t0 = time.perf_counter()
-    asyncio.run(replay(events, send, speedup=100, progress=False))  # -> 0.1 s apart
-    gaps = [send.times[0] - t0, send.times[1] - send.times[0], send.times[2] - send.times[1]]
-    assert gaps[0] < 0.05
-    assert gaps[1] == pytest.approx(0.1, abs=0.04)
-    assert gaps[2] == pytest.approx(0.1, abs=0.04)
+    events = [mk(base, 0), mk(base + 10_000, 1), mk(base + 20_000, 2), mk(base + 20_001, 3)]  # 10 s apart
+    fake = FakeTime()
+    start = fake.now
+    send = Collect(fake)
+    fake.replay(events, send, speedup=100)  # -> 0.1 s apart; 1 ms of event time is 10 us: no sleep
+    assert [t - start for t in send.times] == pytest.approx([0.0, 0.1, 0.2, 0.2])
+    assert fake.sleeps == pytest.approx([0.1, 0.1])
+
+
+def test_replay_behind_schedule_sends_at_once_without_sleeping() -> None:
+    events = [mk(1_500_000_000_000 + k, k) for k in range(50)]
+    fake = FakeTime()
+    start = fake.now
+    send = Collect(fake, cost_s=0.02)  # a send takes 20 ms, the rate wants one every 10 ms
+    stats = fake.replay(events, send, rate=100)
+    assert fake.sleeps == []
+    assert [t - start for t in send.times] == pytest.approx([k * 0.02 for k in range(50)])
+    assert stats.elapsed_s == pytest.approx(1.0)
 
 
 def test_replay_topics_keys_limit_and_counts() -> None:
@@ -194,7 +231,7 @@ def test_replay_topics_keys_limit_and_counts() -> None:
         mk(ts + 1),
         mk(ts + 2),
     ]
-    send = Collect()
+    send = Collect(FakeTime())  # replay itself on its default, real clock and sleep
     stats = asyncio.run(replay(iter(events), send, limit=4, progress=False))
     assert [(t, k) for t, k, _ in send.calls] == [
         (topics.CATALOG, b"i1"), (topics.CLICK, b"u1"), (topics.PURCHASE, b"u2"), (topics.BROWSE, b"u0"),
@@ -206,11 +243,14 @@ def test_replay_topics_keys_limit_and_counts() -> None:
         asyncio.run(replay(events, send, rate=10, speedup=2, progress=False))
 
 
-def test_replay_unpaced_is_fast() -> None:
+def test_replay_unpaced_never_waits() -> None:
     events = [mk(1_500_000_000_000 + k, k) for k in range(20_000)]
-    stats = asyncio.run(replay(events, Collect(), progress=False))
-    assert stats.sent == 20_000
-    assert stats.elapsed_s < 2.0
+    fake = FakeTime()
+    send = Collect(fake)
+    stats = fake.replay(events, send)
+    assert stats.sent == 20_000 and len(send.calls) == 20_000
+    assert fake.sleeps == [0] * 20  # only a yield to other tasks every 1000 events
+    assert stats.elapsed_s == 0.0
 
 
 @pytest.mark.dataset
