@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -81,14 +82,22 @@ def test_cold_user_gives_finite_scene_dependent_vector(model: UserEncoder, onnx_
     assert not np.allclose(out[0], out[1])
 
 
-def test_provider_on_this_machine_is_cpu_and_logged(onnx_path: str, caplog) -> None:
-    assert cuda_device_count() == 0, "this test documents the CPU-only dev machine"
+def test_auto_provider_is_the_one_this_machine_has_and_is_logged(onnx_path: str, caplog) -> None:
+    """Holds on a CPU-only machine and on a GPU one: CUDA exactly when a GPU is detected and ONNX
+    Runtime offers CUDA (onnxruntime-gpu lists it even without a GPU, hence the detection)."""
+    detected = cuda_device_count() > 0
+    gpu = detected and "CUDAExecutionProvider" in ort.get_available_providers()
+    expected = "CUDAExecutionProvider" if gpu else "CPUExecutionProvider"
     with caplog.at_level(logging.INFO, logger="models.encoder"):
         enc = OnnxUserEncoder(onnx_path, device="auto")
-    assert enc.provider == "CPUExecutionProvider"
-    assert [r for r in caplog.records if "CPUExecutionProvider" in r.getMessage()]
-    with pytest.raises(RuntimeError, match="cuda"):
-        OnnxUserEncoder(onnx_path, device="cuda")
+    assert enc.provider == expected
+    assert [r for r in caplog.records if f"GPU {'found' if detected else 'not found'}, running on {expected}"
+            in r.getMessage()]
+    if gpu:
+        assert OnnxUserEncoder(onnx_path, device="cuda").provider == "CUDAExecutionProvider"
+    else:
+        with pytest.raises(RuntimeError, match="cuda"):
+            OnnxUserEncoder(onnx_path, device="cuda")
 
 
 def test_small_batches_of_a_cuda_encoder_run_on_the_cpu_and_cpu_encoders_keep_one_session(onnx_path: str) -> None:
