@@ -18,12 +18,15 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1_000_000
 MAX_USER_ID = 256  # characters
+# /readyz as a metric, set at each scrape: Prometheus cannot call a probe, and the alert on a worker that
+# is up but not ready (rebalancing, recovering) needs it (deploy/prometheus/alerts.yml).
+READY = Gauge("streamrec_ready", "1 while /readyz answers 200, else 0 (set at scrape time)")
 _ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
                 415: "unsupported_media_type"}
 
@@ -105,6 +108,7 @@ def build_web_app(readiness: Callable[[], dict], extra_routes: list[web.RouteDef
         return web.json_response(state, status=200 if state.get("ready") else 503)
 
     async def metrics(_: web.Request) -> web.Response:
+        READY.set(1.0 if readiness().get("ready") else 0.0)
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
