@@ -6,16 +6,20 @@ the recent event ids used for dedupe. Keeping the dedupe memory inside the same 
 write covers both, so a crash can never persist one without the other.
 
 Folding is deterministic: the same events (and the same scene-model state) give the same profile,
-bit for bit, also after a ``to_dict()``/JSON/``from_dict()`` round trip. Every dict and list is
+bit for bit, also after an ``encode_profile``/``decode_profile`` round trip. Every dict and list is
 bounded by ``ProfileParams``.
+
+The profile is a mutable msgspec Struct, so the table value is decoded straight into it and encoded
+straight from it (no intermediate dict), in the same JSON object form the table has always held.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import msgspec
 
 from models.decay import DecayingScores
 from models.scene import (
@@ -89,8 +93,7 @@ class ProfileParams:
         return DecayingScores(self.short_half_life_s, self.max_recent_items, self.min_dt_s)
 
 
-@dataclass(slots=True)
-class SessionStats:
+class SessionStats(msgspec.Struct, kw_only=True):
     """Features of the current session (a gap of ``session_gap_s`` starts a new one)."""
 
     start_ts: int = 0
@@ -105,25 +108,11 @@ class SessionStats:
     n_cart_page_views: int = 0
     dwell_ms_total: int = 0
     n_dwell: int = 0
-    cat_views: dict[str, int] = field(default_factory=dict)
+    cat_views: dict[str, int] = msgspec.field(default_factory=dict)
 
     @property
     def distinct_categories(self) -> int:
         return len(self.cat_views)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in _SESSION_FIELDS}
-        data["cat_views"] = dict(self.cat_views)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SessionStats:
-        values = {name: data[name] for name in _SESSION_FIELDS if name in data}
-        values["cat_views"] = dict(values.get("cat_views", {}))
-        return cls(**values)
-
-
-_SESSION_FIELDS = tuple(f.name for f in dataclasses.fields(SessionStats))
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,27 +124,30 @@ class Applied:
     late: bool = False  # older than the profile clock (folded without decaying the profile)
 
 
-@dataclass(slots=True)
-class UserProfile:
-    """The mutable per-user state being folded; serialise with ``to_dict``/``from_dict``."""
+class UserProfile(msgspec.Struct, kw_only=True):
+    """The mutable per-user state being folded; serialise with ``encode_profile``/``decode_profile``.
 
+    Field order is the JSON key order of the table value (``format`` first, as it always was).
+    """
+
+    format: int = _FORMAT
     user_id: str
     clock_ms: int = 0  # newest event ts applied; 0 = no event yet
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
-    short_cat: dict[str, float] = field(default_factory=dict)
-    long_cat: dict[str, float] = field(default_factory=dict)
-    items: dict[str, list[Any]] = field(default_factory=dict)  # item -> [weight, last_ts, category|None]
-    purchased: dict[str, int] = field(default_factory=dict)  # item -> ts of its latest order
-    last_order: list[list[Any]] = field(default_factory=list)  # [[item, category|None], ...]
+    counts: dict[str, int] = msgspec.field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    short_cat: dict[str, float] = msgspec.field(default_factory=dict)
+    long_cat: dict[str, float] = msgspec.field(default_factory=dict)
+    items: dict[str, list[Any]] = msgspec.field(default_factory=dict)  # item -> [weight, last_ts, category|None]
+    purchased: dict[str, int] = msgspec.field(default_factory=dict)  # item -> ts of its latest order
+    last_order: list[list[Any]] = msgspec.field(default_factory=list)  # [[item, category|None], ...]
     last_purchase_ts: int | None = None
-    recent_event_ids: list[str] = field(default_factory=list)  # dedupe ring, oldest first
-    session: SessionStats = field(default_factory=SessionStats)
+    recent_event_ids: list[str] = msgspec.field(default_factory=list)  # dedupe ring, oldest first
+    session: SessionStats = msgspec.field(default_factory=SessionStats)
     scene: SceneName = BROWSING
     scene_since_ms: int = 0
     scene_low_streak: int = 0  # consecutive low-intent events (hysteresis)
-    scene_cat_views: dict[str, int] = field(default_factory=dict)  # category views since scene entry
+    scene_cat_views: dict[str, int] = msgspec.field(default_factory=dict)  # category views since scene entry
     intent: float = 0.0
-    pending: list[list[Any]] = field(default_factory=list)  # scene-model predictions awaiting a label
+    pending: list[list[Any]] = msgspec.field(default_factory=list)  # scene-model predictions awaiting a label
     accepted: int = 0
     duplicates: int = 0
 
@@ -242,53 +234,26 @@ class UserProfile:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able copy (str/int/float/None/list/dict only), sharing nothing with the profile."""
-        return {
-            "format": _FORMAT,
-            "user_id": self.user_id,
-            "clock_ms": self.clock_ms,
-            "counts": dict(self.counts),
-            "short_cat": dict(self.short_cat),
-            "long_cat": dict(self.long_cat),
-            "items": {item: list(entry) for item, entry in self.items.items()},
-            "purchased": dict(self.purchased),
-            "last_order": [list(line) for line in self.last_order],
-            "last_purchase_ts": self.last_purchase_ts,
-            "recent_event_ids": list(self.recent_event_ids),
-            "session": self.session.to_dict(),
-            "scene": self.scene,
-            "scene_since_ms": self.scene_since_ms,
-            "scene_low_streak": self.scene_low_streak,
-            "scene_cat_views": dict(self.scene_cat_views),
-            "intent": self.intent,
-            "pending": [[ts, list(features), intent] for ts, features, intent in self.pending],
-            "accepted": self.accepted,
-            "duplicates": self.duplicates,
-        }
+        return msgspec.to_builtins(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UserProfile:
-        """Inverse of ``to_dict`` (copies, so the stored value is never aliased)."""
-        return cls(
-            user_id=data["user_id"],
-            clock_ms=data["clock_ms"],
-            counts=dict(data["counts"]),
-            short_cat=dict(data["short_cat"]),
-            long_cat=dict(data["long_cat"]),
-            items={item: list(entry) for item, entry in data["items"].items()},
-            purchased=dict(data["purchased"]),
-            last_order=[list(line) for line in data["last_order"]],
-            last_purchase_ts=data["last_purchase_ts"],
-            recent_event_ids=list(data["recent_event_ids"]),
-            session=SessionStats.from_dict(data["session"]),
-            scene=data["scene"],
-            scene_since_ms=data["scene_since_ms"],
-            scene_low_streak=data["scene_low_streak"],
-            scene_cat_views=dict(data["scene_cat_views"]),
-            intent=data["intent"],
-            pending=[[ts, list(features), intent] for ts, features, intent in data["pending"]],
-            accepted=data["accepted"],
-            duplicates=data["duplicates"],
-        )
+        """Inverse of ``to_dict`` (copies, so the given dict is never aliased)."""
+        return msgspec.convert(data, cls)
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(UserProfile)
+
+
+def encode_profile(profile: UserProfile) -> bytes:
+    """The profile as the JSON object the profile table holds (the same keys ``to_dict`` gives)."""
+    return _ENCODER.encode(profile)
+
+
+def decode_profile(raw: bytes) -> UserProfile:
+    """A profile from its JSON object; keys it does not know (the table's ``_ledger``) are skipped."""
+    return _DECODER.decode(raw)
 
 
 def new_profile(user_id: str) -> UserProfile:

@@ -14,6 +14,8 @@ from models.profile import (
     ProfileParams,
     UserProfile,
     apply_event,
+    decode_profile,
+    encode_profile,
     event_weight,
     new_profile,
 )
@@ -232,6 +234,23 @@ def test_deterministic_and_json_round_trip() -> None:
     for e in events[200:]:
         apply_event(c, e, PARAMS, model)
     assert c.to_dict() == a.to_dict()
+    # The same through the table codec, bytes to bytes.
+    model = SceneModel()
+    d = decode_profile(encode_profile(fold(events[:200], model=model)))
+    for e in events[200:]:
+        apply_event(d, e, PARAMS, model)
+    assert encode_profile(d) == encode_profile(a)
+
+
+def test_codec_writes_and_reads_the_former_table_form() -> None:
+    """The table held ``orjson.dumps(to_dict())`` plus a ``_ledger`` key before the msgspec codec:
+    the codec writes that very JSON and reads such rows, the ledger key skipped."""
+    profile = fold(_events(120), model=SceneModel())
+    assert profile.items and profile.purchased and profile.last_order and profile.session.cat_views
+    former = orjson.dumps({**profile.to_dict(), "_ledger": {"e1": ["ecom.click/0/1", 4]}})
+    assert encode_profile(profile) == orjson.dumps(profile.to_dict())
+    assert decode_profile(former) == profile
+    assert profile.to_dict()["format"] == 1 and list(profile.to_dict())[:2] == ["format", "user_id"]
 
 
 def test_from_settings() -> None:
