@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from agents.ingest import deadletter_headers, deadletter_value
+from app.runtime.deadletter import dead_letter
 from app.runtime.faust_app import StreamRec
 from app.runtime.faust_fixes.batches import acked_only_when_done
 from app.store import ItemMeta
@@ -17,12 +17,13 @@ from schemas.events import CatalogItem
 from schemas.validation import Rejection, decode_event
 
 
-def register(sr: StreamRec) -> None:
-    deadletter = sr.topics[topics.DEADLETTER]
+def register(runtime: StreamRec) -> None:
+    deadletter = runtime.topics[topics.DEADLETTER]
+    max_bytes = runtime.settings.max_message_bytes
 
-    @sr.app.agent(sr.topics[topics.CATALOG], name="streamrec.agents.catalog")
+    @runtime.app.agent(runtime.topics[topics.CATALOG], name="streamrec.agents.catalog")
     async def catalog(stream):
-        services = sr.services
+        services = runtime.loaded_services()
         async for batch in stream.take_events(500, 0.5):
             with acked_only_when_done(batch):
                 now_ms = int(time.time() * 1000)
@@ -32,15 +33,12 @@ def register(sr: StreamRec) -> None:
                     message = event.message
                     result = decode_event(message.value, message.topic, services.limits, now_ms)
                     if isinstance(result, Rejection):
-                        headers = deadletter_headers(result.reason, result.detail, message.topic,
-                                                     message.partition, message.offset)
-                        value = deadletter_value(message.value, headers, sr.settings.max_message_bytes)
-                        sent.append(await deadletter.send(key=message.topic.encode(), value=value, headers=headers))
+                        sent.append(await dead_letter(deadletter, message, result, max_bytes))
                     else:
                         items.append(result)
                 if items:
                     services.apply_catalog(items)  # on the loop: recall is shared with the refresh agent
-                    await (await sr.store()).put_items(
+                    await (await runtime.store()).put_items(
                         [ItemMeta(item_id=i.item_id, category=i.category, price=i.price, available=i.available,
                                   updated_at=i.ts or now_ms) for i in items])
                 await asyncio.gather(*sent)

@@ -3,7 +3,7 @@
 Thin wiring around models/feedback.py. It reads reco.recommendations and streamrec.events together:
 both are keyed by user_id and co-partitioned, so one user's lists and events meet in one task, and the
 user's attribution state is one row of the `feedback` table (one write per user per batch). The
-window aggregates live in this agent's runtime (`sr.extras["feedback"]`), not in a table: a crash
+window aggregates live in this agent's runtime (`runtime.extras["feedback"]`), not in a table: a crash
 loses the open windows' partial sums, never a user's attribution state.
 """
 
@@ -32,13 +32,13 @@ _decode_rec = msgspec.json.Decoder(Recommendation).decode
 _decode_event = msgspec.json.Decoder(UserEvent).decode
 
 
-def _catalog_size(sr: StreamRec) -> int:
-    model = sr.services.recommender.model if sr.services else None
+def _catalog_size(runtime: StreamRec) -> int:
+    model = runtime.services.recommender.model if runtime.services else None
     return len(model.vectors.ids) if model is not None else 0
 
 
-def _category_of(sr: StreamRec, item_id: str) -> str | None:
-    model = sr.services.recommender.model if sr.services else None
+def _category_of(runtime: StreamRec, item_id: str) -> str | None:
+    model = runtime.services.recommender.model if runtime.services else None
     return model.vectors.categories.get(item_id) if model is not None else None
 
 
@@ -50,18 +50,18 @@ def _is_forget(raw: bytes | None) -> bool:
     return isinstance(doc, dict) and doc.get("type") == "forget"
 
 
-def register(sr: StreamRec) -> None:
-    metrics_topic = sr.topics[topics.METRICS]
-    settings = sr.settings
-    windows = FeedbackWindows(FeedbackParams(), category_of=lambda item: _category_of(sr, item),
-                              catalog_size=lambda: _catalog_size(sr))
+def register(runtime: StreamRec) -> None:
+    metrics_topic = runtime.topics[topics.METRICS]
+    settings = runtime.settings
+    windows = FeedbackWindows(FeedbackParams(), category_of=lambda item: _category_of(runtime, item),
+                              catalog_size=lambda: _catalog_size(runtime))
     recent: deque[WindowMetrics] = deque(maxlen=RECENT_WINDOWS)
     clock = {"last_arrival": time.monotonic()}
-    sr.extras["feedback"] = windows
-    sr.extras["feedback_recent"] = recent
+    runtime.extras["feedback"] = windows
+    runtime.extras["feedback_recent"] = recent
     fresh: deque[tuple[float, float]] = deque(maxlen=RECENT_FRESHNESS)
-    sr.extras["freshness_recent"] = fresh  # (wall time seen, freshness ms) for the dashboard
-    channel = sr.app.topic(topics.RECOMMENDATIONS, topics.EVENTS, key_serializer="raw", value_serializer="raw",
+    runtime.extras["freshness_recent"] = fresh  # (wall time seen, freshness ms) for the dashboard
+    channel = runtime.app.topic(topics.RECOMMENDATIONS, topics.EVENTS, key_serializer="raw", value_serializer="raw",
                            partitions=settings.partitions)
 
     async def publish(closed: list[WindowMetrics]) -> None:
@@ -83,9 +83,9 @@ def register(sr: StreamRec) -> None:
         await asyncio.gather(*sent)
 
     def accuracy() -> float | None:
-        return sr.services.scene_model.metrics().accuracy if sr.services else None
+        return runtime.services.scene_model.metrics().accuracy if runtime.services else None
 
-    @sr.app.agent(channel, name="streamrec.agents.feedback")
+    @runtime.app.agent(channel, name="streamrec.agents.feedback")
     async def feedback(stream):
         async for batch in stream.take_events(settings.ingest_batch, settings.batch_within_s):
             with acked_only_when_done(batch):
@@ -95,7 +95,7 @@ def register(sr: StreamRec) -> None:
                 now = time.time()
                 for user_id, events in by_user.items():
                     key = user_id.encode()
-                    raw = sr.feedback.get(key)
+                    raw = runtime.feedback.get(key)
                     state = UserFeedback.from_dict(orjson.loads(raw)) if raw else UserFeedback()
                     forget = False
                     for event in events:
@@ -120,13 +120,13 @@ def register(sr: StreamRec) -> None:
                             forget = forget or _is_forget(message.value)
                     with in_partition_of(events[-1]):
                         if forget:
-                            sr.feedback.pop(key, None)
+                            runtime.feedback.pop(key, None)
                         else:
-                            sr.feedback[key] = orjson.dumps(state.to_dict())
+                            runtime.feedback[key] = orjson.dumps(state.to_dict())
                 clock["last_arrival"] = time.monotonic()
                 await publish(windows.close(scene_model_accuracy=accuracy()))
 
-    @sr.app.timer(CLOSE_EVERY_S)
+    @runtime.app.timer(CLOSE_EVERY_S)
     async def close_idle_windows() -> None:
         idle_ms = int((time.monotonic() - clock["last_arrival"]) * 1000)
         await publish(windows.close(idle_ms=idle_ms, scene_model_accuracy=accuracy()))

@@ -15,6 +15,8 @@ Page = Literal["home", "category", "search", "product", "cart", "review", "order
 Scene = Literal["browsing", "shopping", "post_purchase"]
 EventType = Literal["click", "browse", "purchase", "catalog"]
 
+_ENCODER = msgspec.json.Encoder()
+
 
 class Click(msgspec.Struct, frozen=True, kw_only=True, tag="click", tag_field="type"):
     event_id: str
@@ -94,6 +96,17 @@ class Recommendation(msgspec.Struct, frozen=True, kw_only=True):
     scene: Scene
     model_version: str
     items: list[RecItem]
+
+
+class EncodedRecommendation(msgspec.Struct, frozen=True):
+    """A published list with its wire JSON, encoded once: the same bytes go to Kafka and to the store."""
+
+    record: Recommendation
+    raw: bytes
+
+    @classmethod
+    def of(cls, record: Recommendation) -> EncodedRecommendation:
+        return cls(record, _ENCODER.encode(record))
 
 
 def event_items(event: UserEvent) -> list[tuple[str, str | None]]:

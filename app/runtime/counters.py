@@ -126,10 +126,10 @@ class BatchCounts:
         marks[name].add(offset)
         self.anchor[event.message.partition] = event
 
-    def flush(self, sr: StreamRec) -> None:
+    def flush(self, runtime: StreamRec) -> None:
         for partition in set(self.counts) | set(self.marks):
             key = f"{self.stage}:{partition}".encode()
-            current = orjson.loads(sr.stats.get(key) or b"{}")
+            current = orjson.loads(runtime.stats.get(key) or b"{}")
             for name, n in self.counts.get(partition, {}).items():
                 current[name] = current.get(name, 0) + n
             for name, offsets in self.marks.get(partition, {}).items():
@@ -137,12 +137,12 @@ class BatchCounts:
                 stored.update(offsets)
                 current["@" + name] = stored.to_json()
             with in_partition_of(self.anchor[partition]):
-                sr.stats[key] = orjson.dumps(current)
+                runtime.stats[key] = orjson.dumps(current)
 
 
-def counted_offsets(sr: StreamRec, stage: str, partition: int) -> dict[str, OffsetRanges]:
+def counted_offsets(runtime: StreamRec, stage: str, partition: int) -> dict[str, OffsetRanges]:
     """The marks of one stage's row: source name -> the offsets whose counts are persisted."""
-    row = orjson.loads(sr.stats.get(f"{stage}:{partition}".encode()) or b"{}")
+    row = orjson.loads(runtime.stats.get(f"{stage}:{partition}".encode()) or b"{}")
     return {name[1:]: OffsetRanges.from_json(v) for name, v in row.items() if name.startswith("@")}
 
 

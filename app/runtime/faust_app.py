@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 
@@ -18,37 +18,60 @@ from app.runtime.kafka import ssl_context
 from app.runtime.settings import Settings
 from schemas import topics
 
+if TYPE_CHECKING:  # both import this module's neighbours; the runtime only holds them
+    from aiohttp import web
+
+    from app.runtime.services import Services
+    from app.store import Store
+
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class StreamRec:
-    """What an agent needs: settings, the app, topics by name, tables, and long-lived services."""
+    """The runtime every agent is registered on: settings, the app, topics by name, tables, and the
+    long-lived services and store the worker attaches at startup."""
 
     settings: Settings
     app: faust.App
     topics: dict[str, faust.TopicT]
     inputs: faust.TopicT  # the three user-event topics, read by the ingest agent as one stream
-    profiles: faust.Table
-    recstate: faust.Table
-    stats: faust.Table
+    profiles: faust.Table  # app.runtime.records.ProfileRow per user
+    recstate: faust.Table  # app.runtime.records.RecState per user
+    stats: faust.Table  # pipeline counters (app/runtime/counters.py)
     feedback: faust.Table  # per-user attribution state of the feedback agent (models/feedback.py)
-    services: Any = None  # app.runtime.services.Services, attached by the worker at startup
+    services: Services | None = None  # attached by the worker before Faust starts any agent
+    # What agents and samplers leave for the dashboard (feedback windows, freshness, lag samples),
+    # by the names their writers give; nothing on the hot path reads it.
     extras: dict[str, Any] = field(default_factory=dict)
-    store_opened: asyncio.Event = field(default_factory=asyncio.Event)
+    http: web.AppRunner | None = None  # the worker's HTTP server, once started
+    _store: Store | None = None
+    _store_opened: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def set_store(self, store: Any) -> None:
-        self.extras["store"] = store
-        self.store_opened.set()
+    def loaded_services(self) -> Services:
+        """The services, for an agent: the worker attaches them before any agent runs."""
+        if self.services is None:
+            raise RuntimeError("the worker attaches services before it starts the agents")
+        return self.services
 
-    async def store(self) -> Any:
-        """The store (app.store), once the worker's startup task has opened it.
+    def set_store(self, store: Store) -> None:
+        self._store = store
+        self._store_opened.set()
+
+    @property
+    def opened_store(self) -> Store | None:
+        """The store if it is open yet, for HTTP handlers that answer "not ready" rather than wait."""
+        return self._store
+
+    async def store(self) -> Store:
+        """The store, once the worker's startup task has opened it.
 
         Faust starts agents and app tasks side by side, so a restarted worker with a backlog can reach
         its first refresh before the store is open; waiting here beats failing that batch.
         """
-        await self.store_opened.wait()
-        return self.extras["store"]
+        await self._store_opened.wait()
+        assert self._store is not None  # set before the event
+        return self._store
 
 
 def _credentials(settings: Settings) -> Any:

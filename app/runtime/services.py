@@ -1,6 +1,6 @@
 """Long-lived services of one worker process: models, recall, popularity, the scene model, the store.
 
-Built once at worker start and attached to the runtime; agents reach them through `sr.services`.
+Built once at worker start and attached to the runtime; agents reach them through `runtime.services`.
 A new model version written by `streamrec train` is picked up without a restart (`maybe_reload`).
 """
 

@@ -32,58 +32,59 @@ logger = logging.getLogger(__name__)
 MODEL_POLL_S = 10.0
 
 
-def readiness(sr: StreamRec) -> dict:
-    app = sr.app
+def readiness(runtime: StreamRec) -> dict:
+    app = runtime.app
     assigned = len(app.assignor.assigned_actives()) if app.assignor else 0
     recovered = app.tables.recovery.completed.is_set() if app.tables else False
-    model = sr.services.ready or sr.services.model_path is None
-    store = "store" in sr.extras
+    services = runtime.loaded_services()
+    model = services.ready or services.model_path is None
+    store = runtime.opened_store is not None
     return {"ready": bool(assigned and recovered and not app.rebalancing and model and store),
             "assigned_partitions": assigned, "recovered": recovered, "rebalancing": bool(app.rebalancing),
-            "model_version": sr.services.recommender.model_version}
+            "model_version": services.recommender.model_version}
 
 
 def build_worker_runtime(settings: Settings) -> StreamRec:
-    sr = build_runtime(settings)
-    sr.services = Services.load(settings)
+    runtime = build_runtime(settings)
+    services = runtime.services = Services.load(settings)
     for module in (ingest, profile, refresh, catalog, feedback):
-        module.register(sr)
-    lag.register(sr)  # lag sampler: reco.lag, Prometheus, dashboard
-    lag.register_stats_collector(lambda: totals(sr.stats.items()))
+        module.register(runtime)
+    lag.register(runtime)  # lag sampler: reco.lag, Prometheus, dashboard
+    lag.register_stats_collector(lambda: totals(runtime.stats.items()))
 
-    @sr.app.timer(MODEL_POLL_S)
+    @runtime.app.timer(MODEL_POLL_S)
     async def watch_models() -> None:
-        loaded = await asyncio.to_thread(sr.services.load_newer)
+        loaded = await asyncio.to_thread(services.load_newer)
         if loaded is not None:
-            sr.services.install(*loaded)
+            services.install(*loaded)
 
     async def stats(_: web.Request) -> web.Response:
-        return web.json_response(totals(sr.stats.items()))
+        return web.json_response(totals(runtime.stats.items()))
 
     async def debug_pipeline(_: web.Request) -> web.Response:
-        return web.json_response(pipeline_state(sr.app), dumps=lambda v: orjson.dumps(v, default=str).decode())
+        return web.json_response(pipeline_state(runtime.app), dumps=lambda v: orjson.dumps(v, default=str).decode())
 
     async def user_state(request: web.Request) -> web.Response:
         """This worker's table rows for a user (operators and tests; 404 when it holds none)."""
         key = request.match_info["user_id"].encode()
-        profile_row, rec_row = sr.profiles.get(key), sr.recstate.get(key)
+        profile_row, rec_row = runtime.profiles.get(key), runtime.recstate.get(key)
         if profile_row is None and rec_row is None:
             return web.json_response({"error": "no state for this user on this worker"}, status=404)
         return web.json_response({"profile": orjson.loads(profile_row) if profile_row else None,
                                   "recstate": orjson.loads(rec_row) if rec_row else None})
 
-    @sr.app.task
+    @runtime.app.task
     async def startup() -> None:
-        sr.set_store(await open_store(settings))
+        runtime.set_store(await open_store(settings))
         routes = [web.get("/stats", stats), web.get("/debug/pipeline", debug_pipeline),
                   web.get("/users/{user_id}/state", user_state),
-                  *api_routes(lambda: sr.extras.get("store"), LazyProducer(lambda: producer(settings)),
-                              sr.services.limits),
-                  *dashboard_routes(sr)]
-        sr.extras["web"] = await start_web(build_web_app(lambda: readiness(sr), routes), settings.web_host,
-                                           settings.web_port)
+                  *api_routes(lambda: runtime.opened_store, LazyProducer(lambda: producer(settings)),
+                              services.limits),
+                  *dashboard_routes(runtime)]
+        runtime.http = await start_web(build_web_app(lambda: readiness(runtime), routes), settings.web_host,
+                                       settings.web_port)
 
-    return sr
+    return runtime
 
 
 def run_worker(settings: Settings) -> NoReturn:
@@ -96,8 +97,8 @@ def run_worker(settings: Settings) -> NoReturn:
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         asyncio.run(ensure_topics(settings))
-        sr = build_worker_runtime(settings)
-        worker = StreamRecWorker(sr.app, loglevel=settings.log_level, quiet=True, override_logging=False)
+        runtime = build_worker_runtime(settings)
+        worker = StreamRecWorker(runtime.app, loglevel=settings.log_level, quiet=True, override_logging=False)
         worker.execute_from_commandline()
     except SystemExit as stopped:
         code = stopped.code if isinstance(stopped.code, int) else 1

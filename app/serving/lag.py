@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from aiokafka import TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
@@ -26,6 +27,9 @@ from app.runtime import kafka
 from app.runtime.faust_fixes import forget_fetch_state, refresh_metadata
 from app.runtime.settings import Settings
 from schemas import topics
+
+if TYPE_CHECKING:
+    from app.runtime.faust_app import StreamRec
 
 logger = logging.getLogger(__name__)
 
@@ -215,28 +219,28 @@ LAG_INTERVAL_S = 5.0
 LAG_HISTORY = 180
 
 
-def register(sr) -> None:
+def register(runtime: StreamRec) -> None:
     """Sample the worker's own group every LAG_INTERVAL_S: Prometheus, reco.lag, the dashboard's history."""
     from collections import deque
 
     import orjson
 
     history: deque[list[int]] = deque(maxlen=LAG_HISTORY)
-    sr.extras["lag_history"] = history
-    lag_topic = sr.topics[topics.LAG]
+    runtime.extras["lag_history"] = history
+    lag_topic = runtime.topics[topics.LAG]
 
-    @sr.app.timer(LAG_INTERVAL_S)
+    @runtime.app.timer(LAG_INTERVAL_S)
     async def sample_lag() -> None:
-        sampler = sr.extras.get("lag_sampler")
+        sampler = runtime.extras.get("lag_sampler")
         try:
             if sampler is None:
-                sampler = sr.extras["lag_sampler"] = await LagSampler(sr.settings).start()
+                sampler = runtime.extras["lag_sampler"] = await LagSampler(runtime.settings).start()
             samples = await sampler.sample()
         except Exception:
             logger.warning("lag sample failed", exc_info=True)
             return
         export(samples)
-        sr.extras["lag_latest"] = samples
+        runtime.extras["lag_latest"] = samples
         history.append([samples[0].sampled_at if samples else int(time.time() * 1000),
                         sum(s.lag or 0 for s in samples)])
         sent = [await lag_topic.send(key=f"{s.group}/{s.topic}/{s.partition}".encode(),

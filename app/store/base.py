@@ -24,39 +24,23 @@ from typing import Any, Self
 import msgspec
 import orjson
 
-from schemas.events import Recommendation
+from schemas.events import EncodedRecommendation, Recommendation
 
-_REC_ENCODER = msgspec.json.Encoder()
 _REC_DECODER = msgspec.json.Decoder(Recommendation)
 
 
 class ProfileSnapshot(msgspec.Struct, frozen=True, kw_only=True):
-    """A user's profile as others read it: scene, top interests and the full profile as opaque JSON."""
+    """A user's profile as others read it: scene, top interests and the full profile as opaque JSON.
+
+    ``payload`` is the JSON object of the worker's profile table value, the very bytes written there
+    (it carries the dedupe ledger, ``_ledger``, too: readers skip keys they do not know).
+    """
 
     user_id: str
     scene: str
     interests: dict[str, float]
     updated_at: int
     payload: bytes = b"{}"
-
-    @classmethod
-    def build(
-        cls,
-        *,
-        user_id: str,
-        scene: str,
-        interests: dict[str, float],
-        updated_at: int,
-        payload: bytes | dict[str, Any] | None = None,
-    ) -> ProfileSnapshot:
-        """Snapshot with ``payload`` given as a dict (serialised to JSON here) or as JSON bytes."""
-        if payload is None:
-            raw = b"{}"
-        elif isinstance(payload, bytes):
-            raw = payload
-        else:
-            raw = orjson.dumps(payload)
-        return cls(user_id=user_id, scene=scene, interests=dict(interests), updated_at=updated_at, payload=raw)
 
     def payload_json(self) -> Any:
         """The full profile, decoded."""
@@ -73,26 +57,22 @@ class ItemMeta(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: int
 
 
-def encode_recommendation(rec: Recommendation) -> bytes:
-    """The stored form of a list: its wire JSON, so a stored list reads back equal to what was published."""
-    return _REC_ENCODER.encode(rec)
-
-
 def decode_recommendation(raw: bytes) -> Recommendation:
+    """A stored list: its wire JSON (``EncodedRecommendation.raw``), so it reads back equal to what was published."""
     return _REC_DECODER.decode(raw)
 
 
-def newest_copies(recs: Iterable[Recommendation]) -> list[Recommendation]:
+def newest_copies(recs: Iterable[EncodedRecommendation]) -> list[EncodedRecommendation]:
     """One copy per (user_id, version): the one with the newest generated_at (first seen on a tie).
 
     A batch may hold the same list twice (at-least-once redelivery); writing both would only make the
     store do the tie-break twice.
     """
-    chosen: dict[tuple[str, int], Recommendation] = {}
+    chosen: dict[tuple[str, int], EncodedRecommendation] = {}
     for rec in recs:
-        key = (rec.user_id, rec.version)
+        key = (rec.record.user_id, rec.record.version)
         old = chosen.get(key)
-        if old is None or rec.generated_at > old.generated_at:
+        if old is None or rec.record.generated_at > old.record.generated_at:
             chosen[key] = rec
     return list(chosen.values())
 
@@ -113,8 +93,9 @@ class Store(ABC):
     async def get_profile(self, user_id: str) -> ProfileSnapshot | None: ...
 
     @abstractmethod
-    async def put_recommendations(self, recs: list[Recommendation]) -> None:
-        """Append published lists to each user's history; idempotent per (user_id, version)."""
+    async def put_recommendations(self, recs: list[EncodedRecommendation]) -> None:
+        """Append published lists to each user's history, stored as their wire bytes (``raw``, not
+        encoded again); idempotent per (user_id, version)."""
 
     @abstractmethod
     async def latest_recommendation(self, user_id: str) -> Recommendation | None:

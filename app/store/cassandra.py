@@ -38,12 +38,11 @@ from app.store.base import (
     ProfileSnapshot,
     Store,
     decode_recommendation,
-    encode_recommendation,
     expires_at_ms,
     newest_copies,
 )
 from app.store.migrations import Migration, load_migrations
-from schemas.events import Recommendation
+from schemas.events import EncodedRecommendation, Recommendation
 
 log = logging.getLogger(__name__)
 
@@ -266,14 +265,14 @@ class CassandraStore(Store):
 
     # --- recommendation history --------------------------------------------------------------------
 
-    async def put_recommendations(self, recs: list[Recommendation]) -> None:
+    async def put_recommendations(self, recs: list[EncodedRecommendation]) -> None:
         now = int(self._clock() * 1000)
         requests: list[tuple[str, Sequence[Any]]] = []
-        for rec in newest_copies(recs):
+        for encoded in newest_copies(recs):
+            rec, record = encoded.record, encoded.raw
             ttl = write_ttl_s(rec.generated_at, self._ttl_s, now)
             if ttl is None:
                 continue
-            record = encode_recommendation(rec)
             stamp = rec.generated_at * 1000  # microseconds: newer generated_at wins, same copy is a no-op
             bucket = history_bucket(rec.generated_at)
             requests.append(("put_history", (rec.user_id, bucket, rec.version, rec.generated_at, record,

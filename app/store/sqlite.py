@@ -30,11 +30,10 @@ from app.store.base import (
     ProfileSnapshot,
     Store,
     decode_recommendation,
-    encode_recommendation,
     expires_at_ms,
     newest_copies,
 )
-from schemas.events import Recommendation
+from schemas.events import EncodedRecommendation, Recommendation
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +151,15 @@ class SqliteStore(Store):
 
     # --- recommendation history --------------------------------------------------------------------
 
-    async def put_recommendations(self, recs: list[Recommendation]) -> None:
+    async def put_recommendations(self, recs: list[EncodedRecommendation]) -> None:
         now = self._now_ms()
         rows = []
-        for rec in newest_copies(recs):
+        for encoded in newest_copies(recs):
+            rec = encoded.record
             expires = expires_at_ms(rec.generated_at, self._ttl_s)
             if expires is not None and expires <= now:
                 continue  # already expired: never readable, so never written (as Cassandra's TTL)
-            rows.append((rec.user_id, rec.version, rec.generated_at, expires, encode_recommendation(rec)))
+            rows.append((rec.user_id, rec.version, rec.generated_at, expires, encoded.raw))
         if rows:
             await self._run(self._write_many, _UPSERT_REC, rows)
         if self._clock() >= self._next_purge:

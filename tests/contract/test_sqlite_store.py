@@ -8,10 +8,13 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import msgspec
+import orjson
 import pytest
 
 from app.store.sqlite import SqliteStore
-from tests.contract.test_store_contract import profile, rec
+from schemas.events import EncodedRecommendation
+from tests.contract.test_store_contract import encoded, profile, rec
 
 
 class FakeClock:
@@ -28,7 +31,7 @@ def test_file_is_in_wal_mode_and_survives_reopen(tmp_path: Path) -> None:
     async def body() -> None:
         async with await SqliteStore.open(path, 0) as store:
             await store.put_profiles([profile("u1", 1)])
-            await store.put_recommendations([rec("u1", 1, 1_700_000_000_000)])
+            await store.put_recommendations(encoded([rec("u1", 1, 1_700_000_000_000)]))
         async with await SqliteStore.open(path, 0) as again:  # ttl 0: history never expires, even from 2023
             assert await again.get_profile("u1") == profile("u1", 1)
             assert [r.version for r in await again.history("u1")] == [1]
@@ -38,6 +41,27 @@ def test_file_is_in_wal_mode_and_survives_reopen(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_rows_hold_the_bytes_they_were_given(tmp_path: Path) -> None:
+    """A list is stored as the bytes published to Kafka and a profile as its table bytes: never encoded again
+    (the spacing below is one no encoder of ours writes)."""
+    path = tmp_path / "store.db"
+    record = rec("u1", 1, 1_700_000_000_000)
+    published = EncodedRecommendation(record, orjson.dumps(msgspec.to_builtins(record), option=orjson.OPT_INDENT_2))
+    snapshot = msgspec.structs.replace(profile("u1", 1), payload=b'{ "user_id": "u1", "_ledger": {} }')
+
+    async def body() -> None:
+        async with await SqliteStore.open(path, 0) as store:
+            await store.put_recommendations([published])
+            await store.put_profiles([snapshot])
+            assert await store.latest_recommendation("u1") == record
+            assert await store.get_profile("u1") == snapshot
+
+    asyncio.run(body())
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT record FROM rec_history").fetchone()[0] == published.raw
+        assert conn.execute("SELECT payload FROM profiles").fetchone()[0] == snapshot.payload
+
+
 def test_expired_rows_are_purged_not_just_hidden(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     clock = FakeClock(1_700_000_000.0)
@@ -45,7 +69,8 @@ def test_expired_rows_are_purged_not_just_hidden(tmp_path: Path) -> None:
 
     async def body() -> None:
         async with await SqliteStore.open(path, 60, clock=clock) as store:
-            await store.put_recommendations([rec("u1", 1, t - 30_000), rec("u1", 2, t), rec("u2", 1, t - 59_000)])
+            await store.put_recommendations(
+                encoded([rec("u1", 1, t - 30_000), rec("u1", 2, t), rec("u2", 1, t - 59_000)]))
             assert [r.version for r in await store.history("u1")] == [2, 1]
             clock.now_s += 31  # u1 v1 and u2 v1 are past their ttl, u1 v2 is not
             assert [r.version for r in await store.history("u1")] == [2]
@@ -67,10 +92,10 @@ def test_forget_user_leaves_no_bytes_on_disk(tmp_path: Path) -> None:
         async with await SqliteStore.open(path, 0) as store:
             await store.put_profiles([profile(secret, t), profile("someone-else", t)])
             # Big enough to spill into overflow pages, which must be wiped as well.
-            await store.put_recommendations(
+            await store.put_recommendations(encoded(
                 [rec(secret, v, t + v, items=tuple(f"{secret}-item-{i}" for i in range(300))) for v in range(1, 6)]
-            )
-            await store.put_recommendations([rec("someone-else", 1, t)])
+            ))
+            await store.put_recommendations(encoded([rec("someone-else", 1, t)]))
             files = [p for p in tmp_path.iterdir() if p.name.startswith("store.db")]
             assert any(secret.encode() in p.read_bytes() for p in files)
             await store.forget_user(secret)

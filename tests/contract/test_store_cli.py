@@ -14,7 +14,7 @@ from app.runtime.settings import Settings, get_settings
 from app.store import open_store
 from app.store.cli import forget_user_store, store_app
 from app.store.sqlite import SqliteStore
-from tests.contract.test_store_contract import now_ms, profile, rec
+from tests.contract.test_store_contract import encoded, now_ms, profile, rec
 
 
 @pytest.fixture
@@ -32,7 +32,8 @@ def seed(path: Path, users: tuple[str, ...]) -> None:
         async with await SqliteStore.open(path, 86_400) as store:
             t = now_ms()
             await store.put_profiles([profile(u, t) for u in users])
-            await store.put_recommendations([rec(u, v, t - 1000 * (3 - v)) for u in users for v in (1, 2, 3)])
+            await store.put_recommendations(
+                encoded([rec(u, v, t - 1000 * (3 - v)) for u in users for v in (1, 2, 3)]))
 
     asyncio.run(body())
 

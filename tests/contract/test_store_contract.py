@@ -6,9 +6,12 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import Iterable
+
+import orjson
 
 from app.store.base import ItemMeta, ProfileSnapshot, Store
-from schemas.events import RecItem, Recommendation
+from schemas.events import EncodedRecommendation, RecItem, Recommendation
 from tests.contract.conftest import StoreFactory
 
 
@@ -36,10 +39,15 @@ def rec(user_id: str, version: int, generated_at: int, *, items: tuple[str, ...]
     )
 
 
+def encoded(recs: Iterable[Recommendation]) -> list[EncodedRecommendation]:
+    """Lists as the refresh agent hands them to the store: each with the bytes it published."""
+    return [EncodedRecommendation.of(r) for r in recs]
+
+
 def profile(user_id: str, updated_at: int, scene: str = "browsing") -> ProfileSnapshot:
-    return ProfileSnapshot.build(
+    return ProfileSnapshot(
         user_id=user_id, scene=scene, interests={"c7": 0.75, "c9": 0.25}, updated_at=updated_at,
-        payload={"user_id": user_id, "recent": ["i1", "i2"], "updated_at": updated_at},
+        payload=orjson.dumps({"user_id": user_id, "recent": ["i1", "i2"], "updated_at": updated_at}),
     )
 
 
@@ -84,8 +92,8 @@ def test_history_is_newest_first_with_limit_and_since(store_factory: StoreFactor
             shuffled = lists[:]
             random.Random(7).shuffle(shuffled)
             for start in range(0, len(shuffled), 5):  # several batches, out of order
-                await store.put_recommendations(shuffled[start:start + 5])
-            await store.put_recommendations([rec(other, 1, base)])
+                await store.put_recommendations(encoded(shuffled[start:start + 5]))
+            await store.put_recommendations(encoded([rec(other, 1, base)]))
 
             newest_first = list(reversed(lists))
             assert await store.history(user, limit=100) == newest_first
@@ -108,18 +116,18 @@ def test_rewriting_the_same_list_version_is_a_no_op(store_factory: StoreFactory)
             user = uid()
             t = now_ms()
             v1, v2 = rec(user, 1, t - 5_000), rec(user, 2, t - 1_000)
-            await store.put_recommendations([v1, v2, v2])  # duplicate inside one batch
-            await store.put_recommendations([v2])  # redelivered batch
-            await store.put_recommendations([v1, v2])
+            await store.put_recommendations(encoded([v1, v2, v2]))  # duplicate inside one batch
+            await store.put_recommendations(encoded([v2]))  # redelivered batch
+            await store.put_recommendations(encoded([v1, v2]))
             assert await store.history(user) == [v2, v1]
             # A stale copy of version 2 (older generated_at, e.g. replayed after a crash) changes nothing.
             stale = rec(user, 2, t - 2_000, items=("stale",))
-            await store.put_recommendations([stale])
+            await store.put_recommendations(encoded([stale]))
             assert await store.history(user) == [v2, v1]
             assert await store.latest_recommendation(user) == v2
             # A newer copy of the same version replaces it, still as one entry.
             fresher = rec(user, 2, t, items=("fresh",))
-            await store.put_recommendations([fresher])
+            await store.put_recommendations(encoded([fresher]))
             assert await store.history(user) == [fresher, v1]
             assert await store.latest_recommendation(user) == fresher
 
@@ -134,7 +142,7 @@ def test_history_expires_after_ttl(store_factory: StoreFactory) -> None:
             dying = rec(user, 1, t - 1_400)  # expires ~0.6 s from now
             living = rec(user, 2, t)  # expires ~2 s from now
             dead = rec(user, 0, t - 3_000)  # expired before it was written
-            await store.put_recommendations([dead, dying, living])
+            await store.put_recommendations(encoded([dead, dying, living]))
             assert await store.history(user) in ([living, dying], [living])
             deadline = time.monotonic() + 1.8
             while await store.history(user) != [living]:
@@ -154,7 +162,7 @@ def test_concurrent_writers_lose_nothing(store_factory: StoreFactory) -> None:
     async def writer(store: Store, worker: int) -> None:
         # Each handle writes every user's odd or even versions, in small batches, interleaved.
         for v in range(worker + 1, versions + 1, 2):
-            await store.put_recommendations([rec(u, v, base + v * 1000) for u in users])
+            await store.put_recommendations(encoded([rec(u, v, base + v * 1000) for u in users]))
             await store.put_profiles([profile(u, base + v * 1000) for u in users])
             await asyncio.sleep(0)
 
@@ -182,7 +190,7 @@ def test_forget_user_leaves_nothing_and_spares_others(store_factory: StoreFactor
             base = now_ms() - 5 * 3600 * 1000
             for user in (gone, kept):
                 await store.put_profiles([profile(user, base)])
-                await store.put_recommendations([rec(user, v, base + v * 3600 * 1000) for v in range(1, 5)])
+                await store.put_recommendations(encoded([rec(user, v, base + v * 3600 * 1000) for v in range(1, 5)]))
             await store.forget_user(gone)
             assert await store.get_profile(gone) is None
             assert await store.history(gone, limit=100) == []
@@ -192,7 +200,7 @@ def test_forget_user_leaves_nothing_and_spares_others(store_factory: StoreFactor
             await store.forget_user(gone)  # forgetting twice is fine
             # The user may come back later and is stored afresh.
             back = rec(gone, 1, now_ms() + 1)  # after the forget, even at millisecond resolution
-            await store.put_recommendations([back])
+            await store.put_recommendations(encoded([back]))
             assert await store.history(gone) == [back]
 
     asyncio.run(body())

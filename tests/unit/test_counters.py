@@ -63,18 +63,18 @@ class _Event:
 
 
 def test_batch_counts_flush_accumulates_counts_and_marks_per_partition() -> None:
-    sr = SimpleNamespace(stats={})
+    runtime = SimpleNamespace(stats={})
     for batch in ([_Event(0, o) for o in range(10, 20)], [_Event(0, o) for o in range(10)] + [_Event(1, 5)]):
         counts = BatchCounts("ingest")
         for event in batch:
-            if not counted_offsets(sr, "ingest", event.message.partition).get("ecom.click", OffsetRanges()).contains(
+            if not counted_offsets(runtime, "ingest", event.message.partition).get("ecom.click", OffsetRanges()).contains(
                     event.message.offset):
                 counts.add(event, "consumed")
                 counts.mark(event, "ecom.click", event.message.offset)
-        counts.flush(sr)
-    assert totals(sr.stats.items()) == {"ingest.consumed": 21}
-    assert counted_offsets(sr, "ingest", 0)["ecom.click"].ranges == [[0, 19]]
-    assert counted_offsets(sr, "ingest", 1)["ecom.click"].ranges == [[5, 5]]
+        counts.flush(runtime)
+    assert totals(runtime.stats.items()) == {"ingest.consumed": 21}
+    assert counted_offsets(runtime, "ingest", 0)["ecom.click"].ranges == [[0, 19]]
+    assert counted_offsets(runtime, "ingest", 1)["ecom.click"].ranges == [[5, 5]]
 
 
 def test_a_message_twice_in_one_batch_is_counted_once() -> None:

@@ -46,7 +46,7 @@ def quality(windows: list[WindowMetrics]) -> dict[str, Any]:
     return {"by_scene_model": rows, "scenes": dict(sorted(scenes.items()))}
 
 
-def dashboard_routes(sr: StreamRec) -> list[web.RouteDef]:
+def dashboard_routes(runtime: StreamRec) -> list[web.RouteDef]:
     rates: deque[tuple[float, int]] = deque(maxlen=HISTORY)
 
     async def page(_: web.Request) -> web.Response:
@@ -54,39 +54,39 @@ def dashboard_routes(sr: StreamRec) -> list[web.RouteDef]:
 
     async def data(_: web.Request) -> web.Response:
         now = time.time()
-        counts = totals(sr.stats.items())
+        counts = totals(runtime.stats.items())
         consumed = counts.get("ingest.consumed", 0)
         rates.append((now, consumed))
         events_per_s = None
         if len(rates) >= 2:
             (t0, c0), (t1, c1) = rates[-2], rates[-1]
             events_per_s = max(0, c1 - c0) / (t1 - t0) if t1 > t0 else None
-        sr.extras.setdefault("events_rate_history", deque(maxlen=HISTORY))
+        runtime.extras.setdefault("events_rate_history", deque(maxlen=HISTORY))
         if events_per_s is not None:
-            sr.extras["events_rate_history"].append([int(now * 1000), round(events_per_s, 1)])
-        fresh = [ms for t, ms in sr.extras.get("freshness_recent", ()) if now - t <= FRESHNESS_WINDOW_S]
-        windows = sr.extras.get("feedback")
-        recent = [w for w in sr.extras.get("feedback_recent", ())
+            runtime.extras["events_rate_history"].append([int(now * 1000), round(events_per_s, 1)])
+        fresh = [ms for t, ms in runtime.extras.get("freshness_recent", ()) if now - t <= FRESHNESS_WINDOW_S]
+        windows = runtime.extras.get("feedback")
+        recent = [w for w in runtime.extras.get("feedback_recent", ())
                   if w.window_end >= now * 1000 - QUALITY_WINDOW_MS]
         open_now = windows.snapshot() if windows is not None else []
         body = {
             "now": int(now * 1000),
-            "lag": [s.to_dict() for s in sr.extras.get("lag_latest", [])],
-            "lag_history": list(sr.extras.get("lag_history", ())),
+            "lag": [s.to_dict() for s in runtime.extras.get("lag_latest", [])],
+            "lag_history": list(runtime.extras.get("lag_history", ())),
             "counters": counts,
             "events_per_s": events_per_s,
-            "events_rate_history": list(sr.extras["events_rate_history"]),
+            "events_rate_history": list(runtime.extras["events_rate_history"]),
             "freshness": {"p50_ms": percentile(fresh, 50), "p99_ms": percentile(fresh, 99), "lists": len(fresh),
                           "window_s": FRESHNESS_WINDOW_S},
             "quality": quality(recent + open_now),
-            "windows_closed": len(sr.extras.get("feedback_recent", ())),
-            "model_version": sr.services.recommender.model_version if sr.services else None,
+            "windows_closed": len(runtime.extras.get("feedback_recent", ())),
+            "model_version": runtime.services.recommender.model_version if runtime.services else None,
         }
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def user(request: web.Request) -> web.Response:
         user_id = request.match_info["user_id"]  # checked by app/serving/web.py's middleware (400 if malformed)
-        store = sr.extras.get("store")
+        store = runtime.opened_store
         if store is None:
             return web.json_response({"error": "not_ready", "detail": "store not open"}, status=503)
         profile, latest = await store.get_profile(user_id), await store.latest_recommendation(user_id)
