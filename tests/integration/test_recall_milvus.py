@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import socket
+import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,18 +34,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _server_logs(base: Path, tail_bytes: int = 4000) -> str:
+    """The end of every log the server wrote under its base folder, for a start failure's message."""
+    parts = [f"--- {path.relative_to(base)}\n{path.read_bytes()[-tail_bytes:].decode('utf-8', 'replace')}"
+             for path in sorted((base / "logs").rglob("*")) if path.is_file()]
+    return "\n".join(parts) or f"(no log files under {base / 'logs'})"
+
+
+def _wait_healthy(server: object, timeout_s: float) -> str | None:
+    """None once /healthz answers OK; else why not (the process exited, or the time ran out)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        code = server.server_proc.poll()
+        if code is not None:
+            return f"the server process exited with code {code}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.webservice_port}/healthz", timeout=5) as r:
+                if b"OK" in r.read():
+                    time.sleep(1)  # as the wheel's own wait_started: healthy a moment before it serves
+                    return None
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return f"/healthz did not answer OK within {timeout_s} s"
+
+
 @pytest.fixture(scope="module")
 def milvus_server(tmp_path_factory) -> Iterator[str]:
-    """A real Milvus 2.3 standalone from the `milvus` wheel; skipped only when it cannot start here."""
+    """A real Milvus 2.3 standalone from the `milvus` wheel (in the test extras).
+
+    Skipped only where that wheel is not installed; a server that is there but does not start fails
+    the server tests with its logs, so the server path cannot vanish silently."""
     try:
         from milvus import MilvusServer
-
-        server = MilvusServer()
-        server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+    except ModuleNotFoundError as exc:
+        if exc.name != "milvus":
+            raise
+        pytest.skip("the PyPI `milvus` wheel (a Milvus standalone binary, in the test extras) is not installed")
+    base = tmp_path_factory.mktemp("milvus-server")
+    server = MilvusServer(wait_for_started=False)  # waited for below, watching the process too
+    problem = None
+    try:
+        server.set_base_dir(str(base))
         server.listen_port = _free_port()
         server.start()
-    except Exception as exc:  # noqa: BLE001 - any failure to start means "no server on this machine"
-        pytest.skip(f"the PyPI milvus server could not start here: {exc!r}")
+        problem = _wait_healthy(server, timeout_s=180)
+    except Exception as exc:  # noqa: BLE001 - whatever the cause, fail with the server's own account
+        problem = repr(exc)
+    if problem is not None:
+        server.stop()
+        pytest.fail(f"the Milvus server did not start: {problem}\n{_server_logs(base)}", pytrace=False)
     try:
         yield f"http://127.0.0.1:{server.listen_port}"
     finally:
