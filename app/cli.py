@@ -207,10 +207,10 @@ def evaluate(
     baselines_only: Annotated[bool, typer.Option(help="skip StreamRec and its ablations")] = False,
 ) -> None:
     """Streaming evaluation on real data: time split, score each event's item against the list served."""
-    from app.evaluation.evaluate_streamrec import evaluate_with_streamrec
+    from app.evaluation.command import evaluate_command
 
     _need_events(data)
-    result = evaluate_with_streamrec(data, json_out, report, baselines_only=baselines_only)
+    result = evaluate_command(data, json_out, report, baselines_only=baselines_only)
     for name, system in result.systems.items():
         typer.echo(f"{name:22s} HR@{result.k} {100 * (system.warm[f'hr@{result.k}'] or 0):6.2f}%  "
                    f"MRR@{result.k} {100 * (system.warm[f'mrr@{result.k}'] or 0):6.2f}%")

@@ -1,8 +1,12 @@
 """One refresh of many users at once: candidates from several sources, then the scene's re-ranking.
 
 This is the code path that the Faust refresh agent and the offline evaluator both run, so what is
-measured offline is what serves online. A micro-batch of users is encoded in one ONNX call and
-recalled in one batched Milvus search; everything per user after that is cheap Python.
+measured offline is what serves online. It is a ``models.ranking.Ranker`` like every baseline: the
+worker passes each user's profile from its table in the request (``UserRequest``); run on its own
+(``streamrec evaluate`` / ``tune``) it folds observed events into in-memory ``UserStates`` exactly as
+the profile agent folds them, and ``fit`` trains the model version through an injected trainer. A
+micro-batch of users is encoded in one ONNX call and recalled in one batched Milvus search;
+everything per user after that is cheap Python.
 
 Candidate sources (each candidate keeps the item that brought it, for the reason text):
 - ann: Milvus nearest neighbours of the user vector (encoder output, or the weighted mean of the
@@ -18,16 +22,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from models.encoder import ModelVersion, build_inputs
 from models.popularity import Trending
-from models.profile import UserProfile
+from models.profile import UserProfile, new_profile
+from models.ranking import RankedList, Ranker, Request
 from models.recall import RecallTimeout, VectorIndex
 from models.rerank import Candidate, Ranked, RerankContext, RerankParams, rerank
+from models.state import UserStates
+from schemas.events import UserEvent
 
 logger = logging.getLogger(__name__)
 FALLBACK_NOTE = "popularity fallback: similar-item recall timed out"
@@ -46,11 +53,10 @@ class RecommenderOptions:
     use_encoder: bool = True
     use_scene: bool = True
     # How the user's own items are ordered before the rank score ``1 / (1 + rank) ** power``
-    # ("weight", "recency", "session", "mixed", "mixed_session", "adaptive": see ``_history``).
-    # Chosen on the validation splits of both Taobao files (docs/EVALUATION.md): the decayed weight
-    # orders best on the 9-day file, recency on the 2-hour one. "adaptive" ranks a history that lies
-    # inside the current session by recency (power ``history_session_power``) and any longer one by
-    # the even mix: validation MRR@20 7.93 / 4.19 (9-day / 2-hour) vs 7.97 / 3.95 for the mix alone.
+    # ("weight", "recency", "session", "mixed", "mixed_session", "adaptive": see ``_history``),
+    # chosen with `streamrec tune` on the validation slices of both Taobao files (docs/EVALUATION.md):
+    # the files disagree, so "adaptive" orders a history inside the current session by recency
+    # (power ``history_session_power``) and any longer one by the even mix of weight and recency.
     history_order: str = "adaptive"
     history_rank_power: float = 0.5
     history_recency_share: float = 0.5
@@ -59,23 +65,28 @@ class RecommenderOptions:
     # a what-if for that product decision, measured by `streamrec evaluate` (docs/EVALUATION.md), off
     # in the worker.
     relist_bought: bool = False
+    # A user with no state at all gets the cold-start list, shared by everyone and recomputed at
+    # most once per this much event time, as a trending job would publish it (in-memory state only:
+    # the worker's requests always carry a profile).
+    cold_refresh_ms: int = 60_000
 
 
 @dataclass(frozen=True, slots=True)
 class UserRequest:
-    """A user to refresh: their profile and what they were shown recently."""
+    """A user to refresh with the profile the caller keeps (the worker: its table), and what they
+    were shown recently. Any other ``models.ranking.Request`` is ranked from the in-memory state."""
 
     profile: UserProfile
     recently_shown: frozenset[str] = frozenset()
     exclude: frozenset[str] = frozenset()  # never listed for this request, besides the purchased items
 
+    @property
+    def user_id(self) -> str:
+        return self.profile.user_id
 
-@dataclass(frozen=True, slots=True)
-class Refreshed:
-    user_id: str
-    scene: str
-    items: list[Ranked]
-    fallback: bool = False  # recall was unavailable: the list is popularity only
+
+Trainer = Callable[[Sequence[UserEvent]], tuple[ModelVersion, VectorIndex]]
+"""Trains a model version on events and loads its item vectors into a vector index."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,32 +100,70 @@ class Prepared:
 
 
 @dataclass
-class Recommender:
+class Recommender(Ranker):
     model: ModelVersion | None
     recall: VectorIndex | None
     trending: Trending
     options: RecommenderOptions = field(default_factory=RecommenderOptions)
     rerank_params: RerankParams = field(default_factory=RerankParams)
+    state: UserStates = field(default_factory=UserStates)  # profiles of requests that carry none
+    trainer: Trainer | None = None  # what ``fit`` trains the model with; None: keep the model given
+    name: str = "streamrec"
+    _cold: tuple[int, int, tuple[Ranked, ...]] | None = field(default=None, init=False, repr=False)
 
     @property
     def model_version(self) -> str:
         return self.model.version if self.model else "popularity-only"
 
-    def recommend(self, requests: Sequence[UserRequest], now_ms: int) -> list[Refreshed]:
-        prepared, fallback = self.prepare(requests, now_ms)
-        out = []
-        for item in prepared:
-            ranked = rerank(item.candidates, item.context, self.options.list_size, self.rerank_params)
+    @property
+    def list_size(self) -> int:  # type: ignore[override]
+        return self.options.list_size
+
+    # --- the Ranker interface -----------------------------------------------------------------
+    def fit(self, train: Sequence[UserEvent]) -> None:
+        """Train a model version on ``train`` (when a trainer is set), then fold it into the state."""
+        if self.trainer is not None:
+            self.model, self.recall = self.trainer(train)
+        self.observe(train)
+
+    def observe(self, events: Sequence[UserEvent]) -> None:
+        for event in events:
+            self.state.fold(event, self.trending)
+
+    def recommend(self, requests: Sequence[Request], now_ms: int, *, k: int | None = None) -> list[RankedList]:
+        size = self.options.list_size if k is None else k
+        out: list[RankedList | None] = [None] * len(requests)
+        warm: list[tuple[int, UserRequest]] = []
+        for index, request in enumerate(requests):
+            if isinstance(request, UserRequest):
+                warm.append((index, request))
+                continue
+            profile = self.state.get(request.user_id)
+            if profile is None:
+                out[index] = self._cold_list(request, now_ms, size)
+            else:
+                warm.append((index, UserRequest(profile, request.recently_shown, request.exclude)))
+        prepared, fallback = self.prepare([request for _, request in warm], now_ms)
+        for (index, _), item in zip(warm, prepared, strict=True):
+            ranked = rerank(item.candidates, item.context, size, self.rerank_params)
             if fallback:  # say so where consumers look: every item's reason
                 ranked = [dataclasses.replace(r, reason=f"{r.reason} ({FALLBACK_NOTE})") for r in ranked]
-            out.append(Refreshed(item.profile.user_id, item.scene, ranked, fallback))
-        return out
+            out[index] = RankedList(item.profile.user_id, tuple(ranked), item.scene, fallback=fallback)
+        return out  # type: ignore[return-value]  # every index is filled above
+
+    def _cold_list(self, request: Request, now_ms: int, k: int) -> RankedList:
+        bucket = now_ms // self.options.cold_refresh_ms
+        if self._cold is None or self._cold[:2] != (bucket, k):
+            prepared, _ = self.prepare([UserRequest(new_profile("\x00cold"))], now_ms)
+            self._cold = (bucket, k, tuple(rerank(prepared[0].candidates, prepared[0].context, k,
+                                                  self.rerank_params)))
+        items = self._cold[2]
+        if request.exclude:
+            items = tuple(r for r in items if r.item_id not in request.exclude)
+        return RankedList(request.user_id, items, "browsing", cold_start=True)
 
     def prepare(self, requests: Sequence[UserRequest], now_ms: int) -> tuple[list[Prepared], bool]:
-        """Candidates (one batched recall) and re-rank context per user; ``True`` when recall fell back.
-
-        ``recommend`` re-ranks these with ``rerank_params``; scripts/tune_rerank.py re-ranks the same
-        candidates with several blends."""
+        """Candidates (one batched recall) and re-rank context per user; ``True`` when recall fell back."""
         if not requests:
             return [], False
         scenes = [r.profile.scene if self.options.use_scene else "browsing" for r in requests]

@@ -4,6 +4,8 @@ Protocol: split the events by time; each system is fitted on the earlier part on
 is replayed in time order and, before each event, every system serves the user's current list, which
 is scored against that event's item; then every system observes the event. So no system can see an
 event before it is asked to predict it, and all systems are judged on the same events in one pass.
+Every system is a ``models.ranking.Ranker`` and is driven the same way (``fit`` / ``recommend`` /
+``observe``): the production Recommender as much as a baseline.
 
 Decisions (also in the report):
 - the scored item of a click or an item browse is its item; a purchase scores every order line
@@ -14,7 +16,10 @@ Decisions (also in the report):
 - lists are requested at K=50 for the HR@1..50 curve; HR/MRR/NDCG@20, coverage, diversity and novelty
   use the first 20 items;
 - per-scene groups use the scene reported by the reference system (StreamRec when present), so every
-  system is compared on the same events in each scene.
+  system is compared on the same events in each scene;
+- per-target groups say what the scored item was to its user before the event: ``bought`` (the user
+  bought it earlier), ``seen`` (touched earlier, not bought) or ``new``; StreamRec never lists a
+  bought item (DESIGN.md), a baseline may, and this is where that shows.
 """
 
 from __future__ import annotations
@@ -30,16 +35,12 @@ from pathlib import Path
 import orjson
 from tqdm import tqdm
 
-from app.evaluation.baselines import RecommenderFactory, Served, StreamingRecommender, baseline_factories
+from app.evaluation.accumulators import ListAccumulator, RankingAccumulator
+from app.evaluation.baselines import RankerFactory, baseline_factories
 from app.tools.replay import read_events, split_by_time
-from models.metrics import (
-    ListAccumulator,
-    RankingAccumulator,
-    category_diversity,
-    novelty,
-    rank_of,
-)
-from schemas.events import Browse, CatalogItem, Click, UserEvent, event_items
+from models.metrics import category_diversity, novelty, rank_of
+from models.ranking import RankedList, Ranker, RankRequest
+from schemas.events import Browse, CatalogItem, Click, Purchase, UserEvent, event_items
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ PROTOCOL_NOTE = (
     "(share of distinct-category pairs) and novelty (mean -log2 training popularity share) use the "
     "top {k}. Per-scene groups use StreamRec's scene when it is in the run."
 )
+TARGET_GROUPS = ("bought", "seen", "new")
 JSON_SYSTEM_ORDER = (
     "streamrec",
     "popularity",
@@ -84,6 +86,7 @@ class SystemResult:
     all_events: Metrics
     by_scene: dict[str, Metrics]
     by_event_type: dict[str, Metrics]
+    by_target: dict[str, Metrics]  # TARGET_GROUPS: what the scored item was to its user before
     hr_curve_warm: list[float]
     hr_curve_all: list[float]
     fit_seconds: float
@@ -96,6 +99,7 @@ class SystemResult:
             "all_events": self.all_events,
             "by_scene": self.by_scene,
             "by_event_type": self.by_event_type,
+            "by_target": self.by_target,
             "hr_curve": self.hr_curve_warm,
             "hr_curve_all_events": self.hr_curve_all,
             "fit_seconds": round(self.fit_seconds, 3),
@@ -187,14 +191,14 @@ def _ensure_time_order(train: Sequence[UserEvent], test: Sequence[UserEvent]) ->
 
 @dataclass(slots=True)
 class _Tracked:
-    system: StreamingRecommender
+    system: Ranker
     ranking: RankingAccumulator = field(default_factory=RankingAccumulator)
     lists: ListAccumulator = field(default_factory=ListAccumulator)
     fit_seconds: float = 0.0
     replay_seconds: float = 0.0
 
 
-def _reference_scene(served: Mapping[str, Served], reference: str) -> str:
+def _reference_scene(served: Mapping[str, RankedList], reference: str) -> str:
     own = served.get(reference)
     if own is not None and own.scene is not None:
         return own.scene
@@ -207,7 +211,7 @@ def _reference_scene(served: Mapping[str, Served], reference: str) -> str:
 def evaluate_streams(
     train: Sequence[UserEvent],
     test: Sequence[UserEvent],
-    systems: Mapping[str, RecommenderFactory],
+    systems: Mapping[str, RankerFactory],
     *,
     dataset: str = "",
     k: int = 20,
@@ -215,8 +219,12 @@ def evaluate_streams(
     reference: str = REFERENCE_SYSTEM,
     progress: bool = True,
     categories: Mapping[str, str] | None = None,
+    scored_users: Callable[[str], bool] | None = None,
 ) -> EvaluationResult:
-    """Fit every system on `train`, replay `test` in order, score each list before its event."""
+    """Fit every system on `train`, replay `test` in order, score each list before its event.
+
+    ``scored_users`` limits scoring to the users it accepts (a sample, for tuning); every event is
+    still observed by every system."""
     _ensure_time_order(train, test)
     max_k = max(max_k, k)
     item_category: dict[str, str] = dict(categories or {})
@@ -228,6 +236,10 @@ def evaluate_streams(
     train_counts: Counter[str] = Counter(item for event in train for item, _ in event_items(event))
     train_total = sum(train_counts.values())
     known_users = {event.user_id for event in train}
+    touched: dict[str, set[str]] = {}
+    bought: dict[str, set[str]] = {}
+    for event in train:
+        _remember(event, touched, bought)
 
     tracked: dict[str, _Tracked] = {}
     for name, factory in systems.items():
@@ -243,12 +255,13 @@ def evaluate_streams(
     ):
         targets = [item for item, _ in event_items(event)]
         user = event.user_id
-        if targets:
+        if targets and (scored_users is None or scored_users(user)):
             warm = user in known_users
-            served: dict[str, Served] = {}
+            served: dict[str, RankedList] = {}
+            request = [RankRequest(user)]
             for name, entry in tracked.items():
                 started = time.perf_counter()
-                served[name] = entry.system.recommend(user, max_k, event.ts)
+                served[name] = entry.system.recommend(request, event.ts, k=max_k)[0]
                 entry.replay_seconds += time.perf_counter() - started
             scene = _reference_scene(served, reference)
             kind = event_kind(event)
@@ -261,10 +274,15 @@ def evaluate_streams(
             if warm:
                 warm_scored += len(targets)
                 warm_unknown += new_items
+            own_touched, own_bought = touched.get(user, ()), bought.get(user, ())
+            target_keys = {
+                item: [*keys, ("warm", "target", _target_group(item, own_touched, own_bought))] if warm else keys
+                for item in targets
+            }
             for name, entry in tracked.items():
-                ranked = served[name].items
+                ranked = served[name].item_ids
                 for item in targets:
-                    entry.ranking.add(rank_of(ranked, item), keys)
+                    entry.ranking.add(rank_of(ranked, item), target_keys[item])
                 top = ranked[:k]
                 entry.lists.add(
                     top,
@@ -274,11 +292,13 @@ def evaluate_streams(
                     diversity=category_diversity([item_category.get(item) for item in top]),
                     novelty=novelty(top, train_counts, train_total),
                 )
+        observed = [event]
         for entry in tracked.values():
             started = time.perf_counter()
-            entry.system.observe(event)
+            entry.system.observe(observed)
             entry.replay_seconds += time.perf_counter() - started
         known_users.add(user)
+        _remember(event, touched, bought)
 
     results = {
         name: _system_result(name, entry, k, max_k, catalog_size, len(test))
@@ -297,6 +317,17 @@ def evaluate_streams(
         catalog_size=catalog_size,
         systems=results,
     )
+
+
+def _remember(event: UserEvent, touched: dict[str, set[str]], bought: dict[str, set[str]]) -> None:
+    items = [item for item, _ in event_items(event)]
+    touched.setdefault(event.user_id, set()).update(items)
+    if isinstance(event, Purchase):
+        bought.setdefault(event.user_id, set()).update(items)
+
+
+def _target_group(item: str, touched: set[str] | tuple, bought: set[str] | tuple) -> str:
+    return "bought" if item in bought else "seen" if item in touched else "new"
 
 
 def _metrics(entry: _Tracked, key: Hashable, k: int, catalog_size: int) -> Metrics:
@@ -327,6 +358,8 @@ def _system_result(
         all_events=_metrics(entry, "all", k, catalog_size),
         by_scene={scene: _metrics(entry, ("warm", "scene", scene), k, catalog_size) for scene in scenes},
         by_event_type={kind: _metrics(entry, ("warm", "type", kind), k, catalog_size) for kind in kinds},
+        by_target={group: _metrics(entry, ("warm", "target", group), k, catalog_size)
+                   for group in TARGET_GROUPS if entry.ranking.count(("warm", "target", group))},
         hr_curve_warm=entry.ranking.hit_rate_curve("warm", max_k),
         hr_curve_all=entry.ranking.hit_rate_curve("all", max_k),
         fit_seconds=entry.fit_seconds,
@@ -375,7 +408,7 @@ def split_events(
 
 def run_evaluation(
     data_path: Path,
-    systems: Mapping[str, RecommenderFactory] | None = None,
+    systems: Mapping[str, RankerFactory] | None = None,
     *,
     train_fraction: float | None = None,
     eval_days: float | None = None,
@@ -479,6 +512,30 @@ def _group_table(result: EvaluationResult, groups: Callable[[SystemResult], dict
     return lines
 
 
+def _target_table(result: EvaluationResult) -> list[str]:
+    """HR and MRR per target group, and how many of a system's warm MRR points each group gives."""
+    k = result.k
+    names = sorted(result.systems, key=_system_order)
+    first = result.systems[names[0]].by_target if names else {}
+    groups = [group for group in TARGET_GROUPS if group in first]
+    if not groups:
+        return []
+    warm_n = result.systems[names[0]].warm["events"] or 0
+    head = "| system | " + " | ".join(
+        f"{g} (n={_fmt(first[g]['events'])}) HR@{k} | MRR@{k} | MRR points" for g in groups) + " |"
+    lines = [head, "|---|" + "---:|---:|---:|" * len(groups)]
+    for name in names:
+        by_target = result.systems[name].by_target
+        cells = []
+        for group in groups:
+            m = by_target.get(group, {})
+            mrr, n = m.get(f"mrr@{k}"), m.get("events") or 0
+            share = (mrr or 0.0) * n / warm_n if warm_n else None
+            cells += [_fmt(m.get(f"hr@{k}")), _fmt(mrr), _fmt(share)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_report(result: EvaluationResult, plot_name: str) -> str:
     """The Markdown report of one run; `plot_name` is the PNG's path relative to the report."""
     k = result.k
@@ -526,6 +583,13 @@ def render_report(result: EvaluationResult, plot_name: str) -> str:
         "",
         *_group_table(result, lambda system: system.by_scene),
         "",
+        "## By what the target was to its user before the event, warm events",
+        "",
+        ("bought: the user had bought the item; seen: touched it, not bought; new: never touched. "
+         f"MRR points: the group's share of the system's warm MRR@{k} (they add up to it)."),
+        "",
+        *_target_table(result),
+        "",
         "## HR@K for K = 1..50, warm events",
         "",
         f"![HR@K]({plot_name})",
@@ -544,37 +608,3 @@ def write_report(result: EvaluationResult, path: Path) -> Path:
     _plot_hr_curves(result, plot)
     path.write_text(render_report(result, plot.name), encoding="utf-8")
     return plot
-
-
-def evaluate_command(
-    data: Path,
-    json_out: Path | None,
-    report: Path | None,
-    *,
-    systems: Mapping[str, RecommenderFactory] | None = None,
-    train_fraction: float | None = None,
-    eval_days: float | None = None,
-    progress: bool = True,
-) -> EvaluationResult:
-    """What `streamrec evaluate` runs: evaluate, then write the JSON and the report when asked.
-
-    `systems` defaults to the baselines; the StreamRec adapter and its ablations are added by the caller.
-    """
-    command = f"streamrec evaluate --data {data}"
-    if json_out is not None:
-        command += f" --json {json_out}"
-    if report is not None:
-        command += f" --report {report}"
-    result = run_evaluation(
-        Path(data),
-        systems,
-        train_fraction=train_fraction,
-        eval_days=eval_days,
-        progress=progress,
-        command=command,
-    )
-    if json_out is not None:
-        write_json(result, Path(json_out))
-    if report is not None:
-        write_report(result, Path(report))
-    return result

@@ -12,18 +12,23 @@ from app.evaluation.baselines import (
     ItemKNN,
     Popularity,
     RecentPopularity,
-    Served,
     SessionKNN,
-    StreamingRecommender,
     UserPop,
-    _Sessions,
-    _TopItems,
     baseline_factories,
 )
+from app.evaluation.baselines.common import Sessions, TopItems
+from models.ranking import RankedList, Ranker, RankRequest
 from schemas.events import Browse, Click, OrderItem, Purchase, UserEvent
 
 MIN = 60 * 1000
 T0 = 1_700_000_000_000
+
+
+def served(system: Ranker, user: str, k: int, now_ms: int, exclude: frozenset[str] = frozenset()) -> RankedList:
+    """One user's list through the batch interface."""
+    (out,) = system.recommend([RankRequest(user, exclude=exclude)], now_ms, k=k)
+    assert out.user_id == user
+    return out
 
 
 class Stream:
@@ -62,18 +67,17 @@ def test_every_baseline_follows_the_protocol() -> None:
     assert set(factories) == {"popularity", "recent_popularity", "user_pop", "item_knn", "session_knn"}
     for name, factory in factories.items():
         system = factory()
-        assert isinstance(system, StreamingRecommender)
+        assert isinstance(system, Ranker)
         assert system.name == name
         system.fit([])
-        served = system.recommend("nobody", 5, T0)
-        assert isinstance(served, Served)
-        assert served.items == ()
-        assert served.cold_start is True
+        listed = served(system, "nobody", 5, T0)
+        assert listed.items == ()
+        assert listed.cold_start is True
 
 
 def test_top_items_matches_a_full_sort() -> None:
     rng = random.Random(7)
-    top = _TopItems(size=10)
+    top = TopItems(size=10)
     counts: Counter[str] = Counter()
     first_reached: dict[tuple[str, int], int] = {}
     for step in range(3000):
@@ -100,34 +104,34 @@ def test_popularity_ranks_by_count_and_learns_online() -> None:
             s.buy("u4", ["c", "b"], T0 + 3),
         ]
     )
-    assert system.recommend("u1", 3, T0 + 10).items == ("b", "a", "c")
-    system.observe(s.view("u5", "a", T0 + 11))
-    system.observe(s.view("u6", "a", T0 + 12))
-    assert system.recommend("u1", 2, T0 + 13).items == ("b", "a")  # 3 each: b got there first
-    system.observe(s.view("u7", "a", T0 + 14))
-    assert system.recommend("u1", 2, T0 + 15).items == ("a", "b")
-    assert system.recommend("u1", 2, T0 + 13).cold_start is False
-    assert system.recommend("new", 2, T0 + 13).cold_start is True
+    assert served(system, "u1", 3, T0 + 10).item_ids == ("b", "a", "c")
+    system.observe([s.view("u5", "a", T0 + 11)])
+    system.observe([s.view("u6", "a", T0 + 12)])
+    assert served(system, "u1", 2, T0 + 13).item_ids == ("b", "a")  # 3 each: b got there first
+    system.observe([s.view("u7", "a", T0 + 14)])
+    assert served(system, "u1", 2, T0 + 15).item_ids == ("a", "b")
+    assert served(system, "u1", 2, T0 + 13).cold_start is False
+    assert served(system, "new", 2, T0 + 13).cold_start is True
 
 
 def test_recent_popularity_forgets_events_outside_the_window() -> None:
     s = Stream()
     system = RecentPopularity(window_ms=10 * MIN, refresh_ms=0)
     system.fit([s.view(f"u{n}", "old", T0 + n) for n in range(5)])
-    system.observe(s.view("x", "new", T0 + 8 * MIN))
-    assert system.recommend("x", 2, T0 + 9 * MIN).items == ("old", "new")
-    assert system.recommend("x", 2, T0 + 11 * MIN).items == ("new",)
+    system.observe([s.view("x", "new", T0 + 8 * MIN)])
+    assert served(system, "x", 2, T0 + 9 * MIN).item_ids == ("old", "new")
+    assert served(system, "x", 2, T0 + 11 * MIN).item_ids == ("new",)
 
 
 def test_recent_popularity_refreshes_at_most_once_per_period() -> None:
     s = Stream()
     system = RecentPopularity(window_ms=60 * MIN, refresh_ms=MIN)
     system.fit([s.view("u1", "a", T0)])
-    assert system.recommend("u1", 2, T0).items == ("a",)
-    system.observe(s.view("u2", "b", T0 + 1000))
-    system.observe(s.view("u3", "b", T0 + 2000))
-    assert system.recommend("u1", 2, T0 + 3000).items == ("a",)  # still the published list
-    assert system.recommend("u1", 2, T0 + MIN).items == ("b", "a")
+    assert served(system, "u1", 2, T0).item_ids == ("a",)
+    system.observe([s.view("u2", "b", T0 + 1000)])
+    system.observe([s.view("u3", "b", T0 + 2000)])
+    assert served(system, "u1", 2, T0 + 3000).item_ids == ("a",)  # still the published list
+    assert served(system, "u1", 2, T0 + MIN).item_ids == ("b", "a")
 
 
 def test_user_pop_ranks_own_items_by_count_then_recency_and_backfills() -> None:
@@ -146,15 +150,15 @@ def test_user_pop_ranks_own_items_by_count_then_recency_and_backfills() -> None:
     ]
     system.fit(events)
     # a and b twice (b more recent), then d and c once (d more recent), then popular p, not a/b again
-    served = system.recommend("u", 6, T0 + 10)
-    assert served.items == ("b", "a", "d", "c", "p", "q")
-    assert served.cold_start is False
-    cold = system.recommend("stranger", 2, T0 + 10)
-    assert cold.items == ("a", "b")  # a, b, p were all touched twice; a got there first
+    listed = served(system, "u", 6, T0 + 10)
+    assert listed.item_ids == ("b", "a", "d", "c", "p", "q")
+    assert listed.cold_start is False
+    cold = served(system, "stranger", 2, T0 + 10)
+    assert cold.item_ids == ("a", "b")  # a, b, p were all touched twice; a got there first
     assert cold.cold_start is True
-    system.observe(s.cart("u", "c", T0 + 11))
-    system.observe(s.buy("u", ["c"], T0 + 12))
-    assert system.recommend("u", 1, T0 + 13).items == ("c",)
+    system.observe([s.cart("u", "c", T0 + 11)])
+    system.observe([s.buy("u", ["c"], T0 + 12)])
+    assert served(system, "u", 1, T0 + 13).item_ids == ("c",)
 
 
 def test_item_knn_recommends_the_co_occurring_item() -> None:
@@ -173,26 +177,26 @@ def test_item_knn_recommends_the_co_occurring_item() -> None:
     ]
     system = ItemKNN()
     system.fit(train)
-    system.observe(s.view("u", "a", T0 + 10))
-    served = system.recommend("u", 3, T0 + 11)
+    system.observe([s.view("u", "a", T0 + 10)])
+    listed = served(system, "u", 3, T0 + 11)
     # sim(a,b) = 2/sqrt(4*2) > sim(a,c) = 1/sqrt(4*1); then the most popular item as backfill (a: 4)
-    assert served.items == ("b", "c", "a")
-    assert served.cold_start is False
+    assert listed.item_ids == ("b", "c", "a")
+    assert listed.cold_start is False
 
 
 def test_item_knn_learns_pairs_online_and_only_within_a_session() -> None:
     s = Stream()
     system = ItemKNN()
     system.fit([])
-    system.observe(s.view("x", "p", T0))
-    system.observe(s.view("x", "q", T0 + MIN))
-    system.observe(s.view("x", "r", T0 + 40 * MIN))  # a new session: no pair with p or q
-    system.observe(s.view("u", "p", T0 + 41 * MIN))
-    served = system.recommend("u", 1, T0 + 42 * MIN)
-    assert served.items == ("q",)
-    system.observe(s.view("v", "r", T0 + 43 * MIN))
+    system.observe([s.view("x", "p", T0)])
+    system.observe([s.view("x", "q", T0 + MIN)])
+    system.observe([s.view("x", "r", T0 + 40 * MIN)])  # a new session: no pair with p or q
+    system.observe([s.view("u", "p", T0 + 41 * MIN)])
+    listed = served(system, "u", 1, T0 + 42 * MIN)
+    assert listed.item_ids == ("q",)
+    system.observe([s.view("v", "r", T0 + 43 * MIN)])
     # r never shared a session with p or q: v's list is the popularity backfill alone
-    assert system.recommend("v", 3, T0 + 44 * MIN).items == ("p", "r", "q")
+    assert served(system, "v", 3, T0 + 44 * MIN).item_ids == ("p", "r", "q")
 
 
 def test_session_knn_finds_the_neighbour_session() -> None:
@@ -208,12 +212,12 @@ def test_session_knn_finds_the_neighbour_session() -> None:
     ]
     system = SessionKNN()
     system.fit(train)
-    system.observe(s.view("u", "a", T0 + 10))
-    served = system.recommend("u", 5, T0 + 11)
+    system.observe([s.view("u", "a", T0 + 10)])
+    listed = served(system, "u", 5, T0 + 11)
     # n1 shares a with u: its items come first; d (most popular) only as backfill after them
     # scored by distance to the shared item inside n1: a 1, b 1/2, x 1/3
-    assert served.items == ("a", "b", "x", "d", "c")
-    assert served.cold_start is False
+    assert listed.item_ids == ("a", "b", "x", "d", "c")
+    assert listed.cold_start is False
 
 
 def test_session_knn_prefers_recent_neighbours() -> None:
@@ -228,8 +232,8 @@ def test_session_knn_prefers_recent_neighbours() -> None:
             s.view("recent", "z", T0 + 2 * day + 1),
         ]
     )
-    system.observe(s.view("u", "a", T0 + 2 * day + 10))
-    items = system.recommend("u", 3, T0 + 2 * day + 11).items
+    system.observe([s.view("u", "a", T0 + 2 * day + 10)])
+    items = served(system, "u", 3, T0 + 2 * day + 11).item_ids
     assert items.index("z") < items.index("y")
 
 
@@ -244,9 +248,9 @@ def test_session_knn_weights_shared_items_by_position_in_the_current_session() -
             s.view("n_new", "n", T0 + 3),
         ]
     )
-    system.observe(s.view("u", "p", T0 + 10))
-    system.observe(s.view("u", "q", T0 + 11))  # q is the newest: its neighbour weighs more
-    items = system.recommend("u", 4, T0 + 12).items
+    system.observe([s.view("u", "p", T0 + 10)])
+    system.observe([s.view("u", "q", T0 + 11)])  # q is the newest: its neighbour weighs more
+    items = served(system, "u", 4, T0 + 12).item_ids
     assert items.index("n") < items.index("m")
 
 
@@ -255,12 +259,12 @@ def test_session_knn_uses_the_last_session_when_none_is_ongoing() -> None:
     system = SessionKNN()
     system.fit([s.view("n1", "a", T0), s.view("n1", "b", T0 + 1), s.view("u", "a", T0 + 2)])
     later = T0 + 5 * 60 * MIN
-    assert system.recommend("u", 2, later).items == ("a", "b")
+    assert served(system, "u", 2, later).item_ids == ("a", "b")
 
 
 def test_sessions_split_on_the_inactivity_gap_or_follow_session_ids() -> None:
     s = Stream()
-    sessions = _Sessions()
+    sessions = Sessions()
     first = sessions.assign(s.view("u", "a", T0))
     assert sessions.assign(s.view("u", "b", T0 + 29 * MIN)) == first
     second = sessions.assign(s.view("u", "c", T0 + 60 * MIN))
@@ -278,8 +282,8 @@ def test_browse_without_item_is_accepted_and_lists_have_no_duplicates(name: str)
     s = Stream()
     system = baseline_factories()[name]()
     system.fit([s.view(f"u{n % 3}", f"i{n % 7}", T0 + n * MIN) for n in range(40)])
-    system.observe(s.home("u1", T0 + 41 * MIN))
-    system.observe(s.buy("u1", ["i1", "i9"], T0 + 42 * MIN))
-    items = system.recommend("u1", 20, T0 + 43 * MIN).items
+    system.observe([s.home("u1", T0 + 41 * MIN)])
+    system.observe([s.buy("u1", ["i1", "i9"], T0 + 42 * MIN)])
+    items = served(system, "u1", 20, T0 + 43 * MIN).item_ids
     assert 0 < len(items) <= 20
     assert len(set(items)) == len(items)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from app.evaluation.baselines import Served, baseline_factories
+from app.evaluation.baselines import baseline_factories
+from app.evaluation.command import evaluate_command
 from app.evaluation.evaluate import (
     DAY_MS,
     choose_boundary,
-    evaluate_command,
     evaluate_streams,
     event_kind,
     run_evaluation,
@@ -24,6 +24,7 @@ from app.evaluation.evaluate import (
 )
 from app.runtime.settings import default_dataset
 from app.tools.replay import read_events
+from models.ranking import Ranked, RankedList, Ranker, Request
 from schemas.events import Browse, CatalogItem, Click, OrderItem, Purchase, UserEvent
 from schemas.validation import encode_event
 
@@ -51,7 +52,7 @@ def buy(user: str, items: list[str], ts: int) -> Purchase:
     )
 
 
-class Spy:
+class Spy(Ranker):
     """Records every call, and serves the user's last observed item (a repeat-view guesser)."""
 
     def __init__(self, name: str = "spy", scene: str | None = None) -> None:
@@ -73,12 +74,13 @@ class Spy:
         if item is not None:
             self.last_item[event.user_id] = item
 
-    def recommend(self, user_id: str, k: int, now_ms: int) -> Served:
-        self.calls.append(("recommend", user_id, now_ms))
-        last = self.last_item.get(user_id)
-        return Served(items=(last,) if last else (), scene=self.scene, cold_start=last is None)
+    def recommend_one(self, request: Request, now_ms: int, k: int) -> RankedList:
+        self.calls.append(("recommend", request.user_id, now_ms))
+        last = self.last_item.get(request.user_id)
+        items = (Ranked(last, 1.0, "your last item"),) if last else ()
+        return RankedList(request.user_id, items, scene=self.scene, cold_start=last is None)
 
-    def observe(self, event: UserEvent) -> None:
+    def observe_one(self, event: UserEvent) -> None:
         self.calls.append(("observe", event.user_id, event.ts))
         self._remember(event)
 
@@ -164,6 +166,37 @@ def test_scene_groups_follow_the_reference_system_for_every_system() -> None:
     assert result.systems["other"].by_scene["shopping"]["hr@20"] == 1.0
 
 
+def test_targets_are_grouped_by_what_the_item_was_to_its_user() -> None:
+    train = [view("u1", "a", T0), buy("u1", ["b"], T0 + 1)]
+    test = [
+        view("u1", "b", T0 + 2),  # bought before; the spy serves (b): hit
+        view("u1", "a", T0 + 3),  # seen before; serves (b): miss
+        view("u1", "c", T0 + 4),  # new; serves (a): miss
+        view("u1", "c", T0 + 5),  # seen in the replay itself; serves (c): hit
+    ]
+    result = evaluate_streams(train, test, {"spy": Spy}, progress=False)
+    by_target = result.systems["spy"].by_target
+    assert {group: m["events"] for group, m in by_target.items()} == {"bought": 1, "seen": 2, "new": 1}
+    assert by_target["bought"]["mrr@20"] == 1.0
+    assert by_target["seen"]["hr@20"] == pytest.approx(1 / 2)
+    assert by_target["new"]["hr@20"] == 0.0
+    # the report's "MRR points" of the groups add up to the warm MRR (2 hits at rank 1 of 4)
+    points = sum(m["mrr@20"] * m["events"] / 4 for m in by_target.values())
+    assert points == pytest.approx(result.systems["spy"].warm["mrr@20"]) == pytest.approx(0.5)
+    assert result.to_json()["systems"]["spy"]["by_target"]["seen"]["events"] == 2
+
+
+def test_scored_users_limit_scoring_but_every_event_is_observed() -> None:
+    train = [view("u1", "a", T0), view("u2", "a", T0 + 1)]
+    test = [view("u1", "b", T0 + 2), view("u2", "c", T0 + 3), view("u1", "d", T0 + 4)]
+    spy = Spy()
+    result = evaluate_streams(train, test, {"spy": lambda: spy}, progress=False, scored_users=lambda u: u == "u1")
+    assert result.events_scored == 2
+    assert [call for call in spy.calls if call[0] == "recommend"] == [("recommend", "u1", T0 + 2),
+                                                                      ("recommend", "u1", T0 + 4)]
+    assert [call[1] for call in spy.calls if call[0] == "observe"] == ["u1", "u2", "u1"]
+
+
 def test_event_kind_separates_click_actions() -> None:
     assert event_kind(view("u", "a", T0)) == "browse"
     assert (
@@ -205,7 +238,7 @@ def test_command_writes_the_json_contract_and_a_report_with_plot(tmp_path: Path)
         "user_id,item_id,category_id,behavior_type,timestamp\n" + "\n".join(_taobao_rows()) + "\n"
     )
     out, report = tmp_path / "out" / "eval.json", tmp_path / "docs" / "EVALUATION.md"
-    result = evaluate_command(data, out, report, progress=False)
+    result = evaluate_command(data, out, report, baselines_only=True, progress=False)
     payload = json.loads(out.read_text())
     assert payload["dataset"].endswith("events.csv")
     assert payload["events_scored"] == result.events_scored
@@ -216,7 +249,7 @@ def test_command_writes_the_json_contract_and_a_report_with_plot(tmp_path: Path)
             assert 0.0 <= metrics["all_events"][key] <= 1.0
         assert len(metrics["hr_curve"]) == 50
     text = report.read_text()
-    assert "streamrec evaluate --data" in text
+    assert "streamrec evaluate --data" in text and "--baselines-only" in text
     assert "| user_pop |" in text and "| session_knn |" in text
     plots = list(report.parent.glob("*.png"))
     assert len(plots) == 1 and plots[0].name in text

@@ -1,23 +1,29 @@
-"""The StreamRec adapter runs the production path (profiles, scene, trained model, milvus-lite, the
-Recommender) behind the evaluation protocol, on a small synthetic stream."""
+"""StreamRec in the evaluation is the production Recommender itself, folding its own state as the
+profile agent does (profiles, scene, trained model, milvus-lite), on a small synthetic stream."""
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
 
 from app.evaluation.evaluate import evaluate_streams
-from app.evaluation.evaluate_streamrec import (
+from app.evaluation.scenes import compare_scene_model
+from app.evaluation.systems import (
     VARIANTS,
+    NoResurface,
     SharedModel,
-    StreamRecSystem,
     Variant,
-    compare_scene_model,
     streamrec_factories,
+    streamrec_ranker,
 )
 from models.cooccur import CoOccurrence
-from models.recommender import RecommenderOptions
+from models.popularity import Trending
+from models.profile import ProfileParams, UserProfile, apply_event, new_profile
+from models.ranking import RankRequest
+from models.recommender import Recommender, UserRequest
+from models.scene import SceneModel
 from schemas.events import Browse, Click, OrderItem, Purchase, UserEvent, event_items
 
 T0 = 1_700_000_000_000
@@ -65,6 +71,10 @@ def split():
     return [e for e in events if e.ts < cut], [e for e in events if e.ts >= cut]
 
 
+def _ids(ranker, user: str, now_ms: int, k: int = 20, **request) -> tuple[str, ...]:
+    return ranker.recommend([RankRequest(user, **request)], now_ms, k=k)[0].item_ids
+
+
 def test_full_system_and_ablations_run_the_protocol(shared: SharedModel, split) -> None:
     train, test = split
     result = evaluate_streams(train, test, streamrec_factories(shared), dataset="synthetic", progress=False)
@@ -77,29 +87,59 @@ def test_full_system_and_ablations_run_the_protocol(shared: SharedModel, split) 
     assert shared.model is not None and shared.model.version.startswith("m-")
 
 
-def test_lists_are_refreshed_lazily_and_never_see_the_scored_event(shared: SharedModel, split) -> None:
+def test_state_is_what_the_profile_agent_folds_and_ranks_as_the_worker_would(shared: SharedModel, split) -> None:
     train, test = split
-    system = StreamRecSystem(Variant(), shared, RecommenderOptions(list_size=50))
+    system = streamrec_ranker(Variant(), shared)
+    assert isinstance(system, Recommender)
     system.fit(train)
-    system.refreshes = 0
-    asked = 0
+    # the profile agent's fold, done by hand: apply_event per event, trending for every accepted one
+    profiles: dict[str, UserProfile] = {}
+    scene_model, trending, params = SceneModel(), Trending(), ProfileParams()
+    for event in [*train, *test]:
+        profile = profiles.setdefault(event.user_id, new_profile(event.user_id))
+        if not apply_event(profile, event, params, scene_model).duplicate:
+            trending.observe_event(event)
+    compared = 0
     for event in test:
-        served = system.recommend(event.user_id, 20, event.ts)
-        assert len(served.items) <= 20
-        if event.user_id in system.profiles:
-            asked += 1
-            assert not served.cold_start
-        system.observe(event)
-        assert event.user_id in system._pending  # the list after this event is computed when asked
-    assert 0 < system.refreshes <= asked
+        own = system.recommend([RankRequest(event.user_id)], event.ts, k=20)[0]
+        if event.user_id in system.state.profiles:
+            # the worker passes the profile from its table: the same list as from the in-memory state
+            worker = system.recommend([UserRequest(copy.deepcopy(system.state.profiles[event.user_id]))],
+                                      event.ts, k=20)[0]
+            assert worker.items == own.items and worker.scene == own.scene and not own.cold_start
+            compared += 1
+        system.observe([event])
+    assert compared > 0
+    assert {u: p.to_dict() for u, p in system.state.profiles.items()} == {u: p.to_dict() for u, p in profiles.items()}
+    assert system.trending.to_dict() == trending.to_dict()
+
+
+def test_a_list_reflects_every_earlier_event_and_nothing_later(shared: SharedModel, split) -> None:
+    train, test = split
+    replayed = streamrec_ranker(Variant(), shared)
+    replayed.fit(train)
+    served = {}
+    for index, event in enumerate(test):
+        served[index] = _ids(replayed, event.user_id, event.ts)
+        replayed.observe([event])
+    model, recall = shared(train)
+    for index in (0, len(test) // 2, len(test) - 1):
+        prefix = streamrec_ranker(Variant(), None)  # no trainer: the model is given, fit only folds
+        prefix.model, prefix.recall = model, recall
+        prefix.fit([*train, *test[:index]])
+        assert _ids(prefix, test[index].user_id, test[index].ts) == served[index]
 
 
 def test_cold_user_gets_the_cold_start_list(shared: SharedModel, split) -> None:
     train, _ = split
-    system = StreamRecSystem(Variant(), shared, RecommenderOptions(list_size=50))
+    system = streamrec_ranker(Variant(), shared)
     system.fit(train)
-    served = system.recommend("never-seen", 10, train[-1].ts + 1)
-    assert served.cold_start and len(served.items) == 10
+    now = train[-1].ts + 1
+    warm_user = train[-1].user_id
+    cold, warm = system.recommend([RankRequest("never-seen"), RankRequest(warm_user)], now, k=10)
+    assert cold.cold_start and len(cold.items) == 10 and cold.user_id == "never-seen"
+    assert not warm.cold_start and warm.user_id == warm_user
+    assert _ids(system, "another-stranger", now + 1, k=10) == cold.item_ids  # one list per minute
 
 
 def test_scene_model_is_compared_with_the_rules_on_the_same_labels(split) -> None:
@@ -133,9 +173,9 @@ def test_cooccurrence_pairs_session_neighbours_and_stays_bounded() -> None:
 
 def test_no_resurface_never_lists_an_item_the_user_touched(shared: SharedModel, split) -> None:
     train, test = split
-    full = StreamRecSystem(Variant(), shared, RecommenderOptions(list_size=50))
-    ablation = StreamRecSystem(Variant("streamrec_no_resurface", resurface=False), shared,
-                               RecommenderOptions(list_size=50))
+    full = streamrec_ranker(Variant(), shared)
+    ablation = streamrec_ranker(Variant("streamrec_no_resurface", resurface=False), shared)
+    assert isinstance(ablation, NoResurface)
     full.fit(train)
     ablation.fit(train)
     touched: dict[str, set[str]] = {}
@@ -145,12 +185,12 @@ def test_no_resurface_never_lists_an_item_the_user_touched(shared: SharedModel, 
     for event in test:
         seen = touched.get(event.user_id, set())
         if seen:
-            own = ablation.recommend(event.user_id, 20, event.ts).items
+            own = _ids(ablation, event.user_id, event.ts)
             assert own and seen.isdisjoint(own)
             listed += 1
-            resurfaced += bool(seen.intersection(full.recommend(event.user_id, 20, event.ts).items))
-        full.observe(event)
-        ablation.observe(event)
+            resurfaced += bool(seen.intersection(_ids(full, event.user_id, event.ts)))
+        full.observe([event])
+        ablation.observe([event])
         touched.setdefault(event.user_id, set()).update(item for item, _ in event_items(event))
     # The full system does bring viewed items back (these users return to them): the ablation differs.
     assert listed > 0 and resurfaced > listed // 2

@@ -1,0 +1,45 @@
+"""`streamrec evaluate`: every system (StreamRec, its configurations, the baselines) in one replay."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from app.evaluation.baselines import baseline_factories
+from app.evaluation.evaluate import EvaluationResult, load_events, run_evaluation, write_json, write_report
+from app.evaluation.scenes import scene_notes
+from app.evaluation.systems import SharedModel, all_systems
+
+
+def evaluate_command(
+    data: Path,
+    json_out: Path | None,
+    report: Path | None,
+    *,
+    baselines_only: bool = False,
+    train_fraction: float | None = None,
+    eval_days: float | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Evaluate, then write the JSON and the report when asked; the report adds the scene-model comparison."""
+    command = f"streamrec evaluate --data {data}"
+    command += f" --json {json_out}" if json_out is not None else ""
+    command += f" --report {report}" if report is not None else ""
+    command += " --baselines-only" if baselines_only else ""
+    shared = SharedModel()
+    try:
+        systems = baseline_factories() if baselines_only else all_systems(shared)
+        result = run_evaluation(Path(data), systems, train_fraction=train_fraction, eval_days=eval_days,
+                                progress=progress, command=command)
+    finally:
+        shared.close()
+    if not baselines_only:
+        events, _ = load_events(Path(data))
+        notes = [*scene_notes(events),
+                 f"StreamRec model training (item2vec + encoder + Milvus load): {shared.train_seconds:.1f} s."]
+        result = dataclasses.replace(result, notes=tuple(notes))
+    if json_out is not None:
+        write_json(result, Path(json_out))
+    if report is not None:
+        write_report(result, Path(report))
+    return result
