@@ -217,6 +217,33 @@ def evaluate(
 
 
 @cli.command()
+def tune(
+    data: DataFile,
+    configs: Annotated[str, typer.Option(help="comma-separated names from app/evaluation/grid.py, or 'all'")] = (
+        "user_pop,item_knn,session_knn,shipped"),
+    user_mod: Annotated[int, typer.Option(min=1, help="score every N-th user (crc32 of the id)")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the results as JSON")] = None,
+) -> None:
+    """Score configurations on a validation slice of the training period (never the evaluated one)."""
+    from app.evaluation.grid import GRID
+    from app.evaluation.tune import format_rows, run_tune, write_json
+
+    names = list(GRID) if configs == "all" else [name.strip() for name in configs.split(",") if name.strip()]
+    unknown = [name for name in names if name not in GRID]
+    if unknown:
+        raise typer.BadParameter(f"unknown configurations {', '.join(unknown)}; known: {', '.join(GRID)}",
+                                 param_hint="--configs")
+    _need_events(data)
+    result = run_tune(data, names, user_mod=user_mod, progress=True)
+    scored = "every user" if user_mod == 1 else f"1 user in {user_mod}"
+    typer.echo(f"{result.dataset}: fit {result.fit_events:,} events, validation {result.validation_events:,} "
+               f"(ts {result.validation_from_ts}..{result.validation_to_ts}), {scored} scored")
+    typer.echo(format_rows(result))
+    if json_out is not None:
+        write_json(result, json_out)
+
+
+@cli.command()
 def lag(
     watch: Annotated[bool, typer.Option("--watch", help="refresh every --interval seconds until Ctrl-C")] = False,
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between samples with --watch")] = 5.0,

@@ -92,7 +92,7 @@ class RerankParams:
     categories and on items already viewed, post_purchase looks for complements of the order."""
 
     # Warm scenes: chosen on validation splits of the TRAINING periods of BOTH Taobao files (the
-    # last quarter of each; never the evaluated days) by comparing blends with scripts/tune_rerank.py
+    # last quarter of each; never the evaluated days) by comparing blends with `streamrec tune`
     # (docs/EVALUATION.md): the user's own items and session co-occurrence carry the ranking; the raw
     # decayed item weight (``item``) and diversity (mmr_lambda < 1) cost MRR / hit rate there, so they
     # are off. Post-purchase keeps the order's substitutes at half weight: excluding them cost hit
@@ -138,7 +138,7 @@ DESIGNED_PARAMS = RerankParams(
                                mmr_lambda=0.7, substitute_factor=0.0),
 )
 """The hand-set blend the scene strategies were designed with (diverse browsing, focused shopping,
-no substitutes after a purchase): the tuning baseline in scripts/tune_rerank.py and the blend the
+no substitutes after a purchase): the tuning baseline of `streamrec tune` ("designed") and the blend the
 unit tests exercise the mechanisms under. The shipped defaults above were learnt on validation data."""
 
 

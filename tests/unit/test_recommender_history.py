@@ -1,5 +1,5 @@
 """How the Recommender orders the user's own items (history candidates) and applies per-request
-exclusions: the knobs the re-rank tuning chooses between (scripts/tune_rerank.py)."""
+exclusions: the knobs the re-rank tuning chooses between (`streamrec tune`, app/evaluation/grid.py)."""
 
 from __future__ import annotations
 
