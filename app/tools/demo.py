@@ -2,21 +2,29 @@
 
 Trains on the first 30% of the data (by time), starts the embedded broker and a worker process,
 replays the rest with send-time timestamps (so freshness is live), injects a few duplicates and
-malformed messages to show dedupe and the dead-letter topic, prints live lists for a few users and
-ends once the worker has processed everything it was sent.
+malformed messages to show dedupe and the dead-letter topic, and ends once the worker has processed
+everything it was sent. While it runs, a live view (rich Live on a terminal, a status line every
+STATUS_EVERY_S otherwise) shows throughput, backlog and freshness, and a recent list.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sys
 import time
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import httpx
 import msgspec
 import numpy as np
+from rich.console import Group, RenderableType
+from rich.live import Live
 from rich.table import Table
 
 from app.runtime.broker import EmbeddedBroker
@@ -38,6 +46,10 @@ DUPLICATE_EVERY = 97     # resend every 97th event: at-least-once redelivery, mu
 MALFORMED_EVERY = 997  # and now and then something the frontend should never send
 MALFORMED = (b"{not json", b'{"event_id": "x", "user_id": "u"}', b'{"event_id": 1, "user_id": "u", "ts": "soon"}',
              b"\xff\xfe binary", b"")
+RATE_WINDOW_S = 5.0  # throughput in the live view: over the last 5 s of samples
+FRESHNESS_WINDOW_S = 30.0  # freshness percentiles in the live view: lists seen in the last 30 s
+POLL_S = 1.0
+STATUS_EVERY_S = 10.0  # off a terminal (logs, CI): one status line this often
 _decode_rec = msgspec.json.Decoder(Recommendation).decode
 
 
@@ -47,9 +59,12 @@ class Watch:
 
     freshness_ms: list[int] = field(default_factory=list)
     latest: dict[str, Recommendation] = field(default_factory=dict)
+    recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=50_000))  # (seen at, ms)
 
-    def add(self, record: Recommendation) -> None:
-        self.freshness_ms.append(record.generated_at - record.source_ts)
+    def add(self, record: Recommendation, seen_at: float | None = None) -> None:
+        freshness = record.generated_at - record.source_ts
+        self.freshness_ms.append(freshness)
+        self.recent.append((time.monotonic() if seen_at is None else seen_at, freshness))
         self.latest[record.user_id] = record
 
     def showcase(self, n: int = 3) -> list[Recommendation]:
@@ -59,6 +74,98 @@ class Watch:
             if record.scene not in picked and record.items:
                 picked[record.scene] = record
         return list(picked.values())[:n]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Counters at one moment: the demo's own (sent) and the worker's /stats."""
+
+    at: float  # time.monotonic()
+    sent: int
+    consumed: int
+    published: int
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What the live view shows; a rate or percentile is None until there is something to measure."""
+
+    elapsed_s: float
+    sent: int
+    consumed: int
+    published: int
+    sent_per_s: float | None
+    consumed_per_s: float | None
+    lists_per_s: float | None
+    fresh_p50_ms: float | None
+    fresh_p99_ms: float | None
+    fresh_lists: int
+
+    @property
+    def backlog(self) -> int:
+        """Events sent that the worker has not consumed yet."""
+        return max(0, self.sent - self.consumed)
+
+
+def progress(samples: Sequence[Sample], freshness: Sequence[tuple[float, int]], started: float,
+             now: float) -> Progress:
+    """Rates over the samples of the last RATE_WINDOW_S, freshness over lists seen in FRESHNESS_WINDOW_S."""
+    last = samples[-1] if samples else Sample(now, 0, 0, 0)
+    window = [s for s in samples if s.at >= last.at - RATE_WINDOW_S]
+    first = window[0] if window else last
+    span = last.at - first.at
+
+    def rate(name: str) -> float | None:
+        return (getattr(last, name) - getattr(first, name)) / span if span > 0 else None
+
+    fresh = np.array([ms for at, ms in freshness if at >= now - FRESHNESS_WINDOW_S], dtype=float)
+    p50, p99 = (float(np.percentile(fresh, 50)), float(np.percentile(fresh, 99))) if fresh.size else (None, None)
+    return Progress(elapsed_s=now - started, sent=last.sent, consumed=last.consumed, published=last.published,
+                    sent_per_s=rate("sent"), consumed_per_s=rate("consumed"), lists_per_s=rate("published"),
+                    fresh_p50_ms=p50, fresh_p99_ms=p99, fresh_lists=int(fresh.size))
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    return "–" if value is None else f"{value:,.0f}{unit}"
+
+
+def status_line(p: Progress) -> str:
+    """The live figures on one line (the view off a terminal)."""
+    return (f"live {p.elapsed_s:,.0f}s · sent {p.sent:,} ({_num(p.sent_per_s, '/s')}) · consumed {p.consumed:,} "
+            f"({_num(p.consumed_per_s, '/s')}) · backlog {p.backlog:,} · lists {p.published:,} "
+            f"({_num(p.lists_per_s, '/s')}) · freshness {_num(p.fresh_p50_ms, ' ms')} p50, "
+            f"{_num(p.fresh_p99_ms, ' ms')} p99 (last {FRESHNESS_WINDOW_S:.0f} s)")
+
+
+def live_view(p: Progress, record: Recommendation | None) -> RenderableType:
+    """The terminal view: the figures, then the newest list of a user with some history."""
+    figures = Table(title=f"StreamRec live · {p.elapsed_s:,.0f} s", title_justify="left")
+    for name in ("", "total", "per second"):
+        figures.add_column(name, justify="right" if name else "left")
+    figures.add_row("events sent", f"{p.sent:,}", _num(p.sent_per_s))
+    figures.add_row("consumed by the worker", f"{p.consumed:,}", _num(p.consumed_per_s))
+    figures.add_row("backlog (sent - consumed)", f"{p.backlog:,}", "")
+    figures.add_row("lists published", f"{p.published:,}", _num(p.lists_per_s))
+    figures.add_row(f"freshness, last {FRESHNESS_WINDOW_S:.0f} s ({p.fresh_lists:,} lists)",
+                    f"p50 {_num(p.fresh_p50_ms, ' ms')}", f"p99 {_num(p.fresh_p99_ms, ' ms')}")
+    return Group(figures, recommendation_table(record, limit=5)) if record is not None else figures
+
+
+@contextlib.contextmanager
+def logs_to(stream: TextIO) -> Iterator[None]:
+    """Point the root logger's console handlers at `stream` meanwhile. rich's Live prints what is
+    written to sys.stderr above its view, but logging.basicConfig's handler holds the stderr of its
+    time, and a log line written there tears the view."""
+    handlers = [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    before = [h.stream for h in handlers]
+    for handler in handlers:
+        handler.setStream(stream)
+    try:
+        yield
+    finally:
+        for handler, old in zip(handlers, before, strict=True):
+            handler.setStream(old)
 
 
 def _load_events(data: Path | None, max_events: int | None, simulate: bool) -> tuple[list, list, str]:
@@ -80,7 +187,8 @@ async def _replay_and_watch(settings: Settings, live: list, worker: WorkerProces
 
     async def follow() -> None:
         async for message in reader:
-            watch.add(_decode_rec(message.value))
+            if message.value:  # a tombstone is an erased user, not a list
+                watch.add(_decode_rec(message.value))
 
     follower = asyncio.create_task(follow())
     kafka = producer(settings)
@@ -100,28 +208,56 @@ async def _replay_and_watch(settings: Settings, live: list, worker: WorkerProces
         if topic != topics.CATALOG:  # catalog upserts are not user events: ingest does not count them
             sent += 1 + len(extra)
 
-    async def show_live() -> None:
-        while True:
-            await asyncio.sleep(10)
-            for record in watch.showcase(1):
-                console.print(recommendation_table(record, limit=5))
+    samples: deque[Sample] = deque(maxlen=64)
+    begun = time.monotonic()
 
-    shower = asyncio.create_task(show_live())
-    try:
-        replaying = replay(live, send, rate=rate, progress=True)
+    def current() -> Progress:
+        return progress(samples, watch.recent, begun, time.monotonic())
+
+    async def poll(show) -> None:
+        """Sample the worker's counters every POLL_S and hand the live figures to `show`."""
+        while True:
+            try:
+                stats = await asyncio.to_thread(worker.stats)
+                samples.append(Sample(time.monotonic(), sent, stats.get("ingest.consumed", 0),
+                                      stats.get("refresh.published", 0)))
+            except httpx.HTTPError:  # the worker is busy: the next poll catches up
+                pass
+            show(current())
+            await asyncio.sleep(POLL_S)
+
+    terminal = console.is_terminal
+    with contextlib.ExitStack() as stack:
+        if terminal:
+            view = stack.enter_context(Live(live_view(current(), None), console=console, refresh_per_second=4))
+            stack.enter_context(logs_to(sys.stderr))  # Live's stand-in for stderr now
+
+            def show(p: Progress) -> None:
+                view.update(live_view(p, next(iter(watch.showcase(1)), None)))
+        else:
+            last_line = [0.0]
+
+            def show(p: Progress) -> None:
+                if time.monotonic() - last_line[0] >= STATUS_EVERY_S:
+                    last_line[0] = time.monotonic()
+                    console.print(status_line(p), highlight=False)
+
+        poller = asyncio.create_task(poll(show))
         try:
-            await asyncio.wait_for(replaying, timeout=duration_s)
-        except TimeoutError:
-            console.print(f"[yellow]--duration {duration_s}s reached: replay stopped[/]")
-        await kafka.flush()
-        stats = await asyncio.to_thread(_wait_drained, worker, sent)
-        elapsed = time.perf_counter() - started
-        await asyncio.sleep(1.0)  # let the follower read the last lists
-    finally:
-        shower.cancel()
-        follower.cancel()
-        await kafka.stop()
-        await reader.stop()
+            replaying = replay(live, send, rate=rate, progress=not terminal)  # the live view replaces the bar
+            try:
+                await asyncio.wait_for(replaying, timeout=duration_s)
+            except TimeoutError:
+                console.print(f"[yellow]--duration {duration_s}s reached: replay stopped[/]")
+            await kafka.flush()
+            stats = await asyncio.to_thread(_wait_drained, worker, sent)
+            elapsed = time.perf_counter() - started
+            await asyncio.sleep(1.0)  # let the follower read the last lists
+        finally:
+            poller.cancel()
+            follower.cancel()
+            await kafka.stop()
+            await reader.stop()
     return stats, watch, elapsed, sent
 
 
