@@ -66,7 +66,8 @@ async def refresh_users(runtime: StreamRec, users: list[str], anchor: dict, reco
         return
     states = {u: decode_recstate(runtime.recstate.get(u.encode())) for u in rows}
     services = runtime.loaded_services()
-    requests = [UserRequest(decode_profile(raw), frozenset(states[u].shown)) for u, raw in rows.items()]
+    retired = frozenset(services.unavailable)  # the catalog's retired items: in no list, whatever brings them
+    requests = [UserRequest(decode_profile(raw), frozenset(states[u].shown), retired) for u, raw in rows.items()]
     recommender = services.recommender
     # On the loop, not in a thread: the profile agent mutates Trending between awaits, and a
     # thread reading it meanwhile saw a dict change size mid-iteration.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.runtime.settings import Settings
@@ -49,6 +49,9 @@ class Services:
     trending: Trending
     recommender: Recommender
     model_path: Path | None = None
+    # Items the catalog retired. Recall filters them in Milvus, but a user's own items, co-occurrence and
+    # trending bring candidates from elsewhere: the refresh excludes these from every list.
+    unavailable: set[str] = field(default_factory=set)
 
     @classmethod
     def load(cls, settings: Settings) -> Services:
@@ -89,6 +92,10 @@ class Services:
         """Upsert catalog items into recall (own vector, else category centroid) and popularity's map."""
         recommender = self.recommender
         for item in items:
+            if item.available:
+                self.unavailable.discard(item.item_id)
+            else:
+                self.unavailable.add(item.item_id)
             if recommender.model is None or recommender.recall is None:
                 continue
             vector = item.vector or recommender.model.vectors.vector(item.item_id, item.category)

@@ -7,6 +7,7 @@ tests use their own user ids and compare counter deltas, so they do not depend o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -120,3 +121,15 @@ class Kafka:
 def kafka(broker: EmbeddedBroker) -> Kafka:
     return Kafka(broker.bootstrap)
 
+
+@contextlib.contextmanager
+def private_pipeline(root: Path, env: dict[str, str]) -> Iterator[tuple[Kafka, WorkerProcess]]:
+    """An own broker and worker, for tests that stop the worker, swap its model or account for all it publishes
+    (the session worker serves every other test at once)."""
+    with EmbeddedBroker(log_path=root / "broker.log") as running:
+        asyncio.run(ensure_topics(Settings(kafka_bootstrap=running.bootstrap)))
+        process = WorkerProcess(running.bootstrap, root / "worker", env=env)
+        with process:
+            process.wait_ready(timeout_s=120)
+            yield Kafka(running.bootstrap), process
+        print(process.log_tail())
