@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -214,7 +214,7 @@ async def _replay_and_watch(settings: Settings, live: list, worker: WorkerProces
     def current() -> Progress:
         return progress(samples, watch.recent, begun, time.monotonic())
 
-    async def poll(show) -> None:
+    async def poll(show: Callable[[Progress], None]) -> None:
         """Sample the worker's counters every POLL_S and hand the live figures to `show`."""
         while True:
             try:
