@@ -26,6 +26,7 @@ from models.vectors import ItemVectors
 from schemas import topics
 from schemas.events import CatalogItem, Recommendation
 from schemas.validation import encode_event
+from tests.waiting import describe, timed_out
 
 _decode_rec = msgspec.json.Decoder(Recommendation).decode
 
@@ -88,8 +89,12 @@ class Kafka:
                    for e in events])
 
     def read_until(self, topic: str, done: Callable[[list], bool], timeout_s: float = 60.0,
-                   key: bytes | None = None) -> list:
-        """Read `topic` from the beginning (optionally only `key`) until done(messages) or timeout."""
+                   key: bytes | None = None, what: str | None = None,
+                   show: Callable[[list], str] | None = None) -> list:
+        """Read `topic` from the beginning (optionally only `key`) until done(messages) and return them.
+
+        Past `timeout_s` it fails (TimeoutError), saying what it waited for (`what`, else done's source)
+        and what it read (`show(messages)`, else the last few messages)."""
 
         async def go() -> list:
             reader = AIOKafkaConsumer(topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
@@ -98,23 +103,39 @@ class Kafka:
             seen: list = []
             deadline = time.monotonic() + timeout_s
             try:
-                while time.monotonic() < deadline:
+                while True:
                     batches = await reader.getmany(timeout_ms=500)
                     for messages in batches.values():
                         seen.extend(m for m in messages if key is None or m.key == key)
                     if done(seen):
                         return seen
-                return seen
+                    if time.monotonic() >= deadline:
+                        where = topic if key is None else f"{topic} key {key!r}"
+                        raise timed_out(f"{what or describe(done)} (on {where})", timeout_s,
+                                        (show or _show_messages)(seen))
             finally:
                 await reader.stop()
 
         return asyncio.run(go())
 
     def recommendations(self, user_id: str, done: Callable[[list[Recommendation]], bool],
-                        timeout_s: float = 60.0) -> list[Recommendation]:
+                        timeout_s: float = 60.0, what: str | None = None) -> list[Recommendation]:
+        """The user's lists from the beginning, once done(lists) holds; fails past `timeout_s`."""
         messages = self.read_until(topics.RECOMMENDATIONS, lambda ms: done([_decode_rec(m.value) for m in ms]),
-                                   timeout_s, key=user_id.encode())
+                                   timeout_s, key=user_id.encode(), what=what or describe(done),
+                                   show=_show_lists)
         return [_decode_rec(m.value) for m in messages]
+
+
+def _show_messages(messages: list) -> str:
+    last = [(m.key, m.value if m.value is None else m.value[:300], m.headers) for m in messages[-5:]]
+    return f"{len(messages)} messages; the last {len(last)}: {last}"
+
+
+def _show_lists(messages: list) -> str:
+    lists = [_decode_rec(m.value) for m in messages if m.value is not None]
+    return (f"{len(lists)} lists (version, source_ts, scene, items): "
+            f"{[(r.version, r.source_ts, r.scene, len(r.items)) for r in lists[-10:]]}")
 
 
 @pytest.fixture(scope="session")
