@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.runtime.broker import EmbeddedBroker
 from app.runtime.kafka import ensure_topics
@@ -154,3 +154,33 @@ def private_pipeline(root: Path, env: dict[str, str]) -> Iterator[tuple[Kafka, W
             process.wait_ready(timeout_s=120)
             yield Kafka(running.bootstrap), process
         print(process.log_tail())
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list:
+    """Every message on `topic` now, partition by partition in offset order: read up to each high
+    watermark as the fetcher reports it (ListOffsets is wrong on Tansu, DESIGN.md §5)."""
+
+    async def go() -> list:
+        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+        await reader.start()
+        try:
+            await reader.topics()  # loads the metadata
+            parts = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+            assert parts, f"no topic {topic} on {bootstrap}"
+            reader.assign(parts)
+            await reader.seek_to_beginning(*parts)
+            out: dict[TopicPartition, list] = {tp: [] for tp in parts}
+            deadline = time.monotonic() + timeout_s
+            while True:
+                for tp, messages in (await reader.getmany(timeout_ms=300)).items():
+                    out[tp].extend(messages)
+                ends = {tp: reader.highwater(tp) for tp in parts}
+                behind = [tp for tp, end in ends.items() if end is None or await reader.position(tp) < end]
+                if not behind:
+                    return [m for tp in parts for m in out[tp]]
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{topic} not read to its high watermarks {ends} in {timeout_s}s")
+        finally:
+            await reader.stop()
+
+    return asyncio.run(go())
