@@ -67,6 +67,7 @@ JSON_SYSTEM_ORDER = (
     "user_pop",
     "item_knn",
     "session_knn",
+    "vsknn",
     "streamrec_no_decay",
     "streamrec_no_scene",
     "streamrec_no_encoder",

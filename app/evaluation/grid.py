@@ -1,4 +1,4 @@
-"""Named configurations `streamrec tune` can score: the baselines and StreamRec's re-rank blends.
+"""Named configurations `streamrec tune` can score: baselines, V-SKNN variants, StreamRec's re-rank blends.
 
 Each entry makes a ``models.ranking.Ranker`` from the run's shared model (``SharedModel``); tuning
 another system's hyperparameters is one more entry here. The StreamRec entries are the blends of the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from app.evaluation.baselines import BASELINES
+from app.evaluation.baselines import BASELINES, VSKNN
 from app.evaluation.systems import LIST_SIZE, SharedModel, Variant, streamrec_ranker
 from models.ranking import Ranker
 from models.recommender import RecommenderOptions
@@ -122,8 +122,44 @@ def _blend(name: str, overrides: dict, params: RerankParams) -> Config:
     return lambda shared: streamrec_ranker(Variant(name), shared, options=options, rerank_params=params)
 
 
+# V-SKNN (app/evaluation/baselines/vsknn.py): round 1 varies one hyperparameter at a time from the
+# reference's defaults (k 100, sample_size 1000, weighting div, weighting_score div, no IDF, remind on);
+# the ``vsknn`` entry (from BASELINES) is the tuned configuration the evaluation runs.
+VSKNN_CONFIGS: dict[str, dict] = {
+    "vsknn_ref": {},
+    **{f"vsknn_k{k}": {"k": k} for k in (50, 200, 500)},
+    **{f"vsknn_s{size}": {"sample_size": size} for size in (250, 500, 2500, 5000)},
+    **{f"vsknn_w_{kind}": {"weighting": kind} for kind in ("linear", "same", "log", "quadratic")},
+    **{f"vsknn_ws_{kind}": {"weighting_score": kind} for kind in ("linear", "same", "log", "quadratic")},
+    **{f"vsknn_idf{weight}": {"idf_weighting": weight} for weight in (1, 2, 5, 10)},
+    "vsknn_noremind": {"remind": False},
+    "vsknn_push": {"push_reminders": True},
+    "vsknn_add": {"add_reminders": True},
+    "vsknn_noprev": {"previous_session": False},
+    # round 2: the round-1 winners together (same position weights and step decay, reminders pushed/added)
+    "vsknn_push_add": {"push_reminders": True, "add_reminders": True},
+    "vsknn_wsame_push": {"weighting": "same", "push_reminders": True},
+    "vsknn_wssame_push": {"weighting_score": "same", "push_reminders": True},
+    "vsknn_same_push": {"weighting": "same", "weighting_score": "same", "push_reminders": True},
+    "vsknn_same_add": {"weighting": "same", "weighting_score": "same", "add_reminders": True},
+    "vsknn_same_push_add": {"weighting": "same", "weighting_score": "same", "push_reminders": True,
+                            "add_reminders": True},
+    "vsknn_same_log_push": {"weighting": "same", "weighting_score": "log", "push_reminders": True},
+    "vsknn_log_log_push": {"weighting": "log", "weighting_score": "log", "push_reminders": True},
+    # round 3: the best of round 2 with reminders added as well
+    "vsknn_same_log_push_add": {"weighting": "same", "weighting_score": "log", "push_reminders": True,
+                                "add_reminders": True},
+    "vsknn_wsame_push_add": {"weighting": "same", "push_reminders": True, "add_reminders": True},
+}
+
+
+def _vsknn(name: str, options: dict) -> Config:
+    return lambda shared: VSKNN(name=name, **options)
+
+
 GRID: dict[str, Config] = {
     **{name: (lambda shared, make=make: make()) for name, make in BASELINES.items()},
     **{name: _blend(name, overrides, params) for name, (overrides, params) in BLENDS.items()},
+    **{name: _vsknn(name, options) for name, options in VSKNN_CONFIGS.items()},
 }
 DEFAULT_CONFIGS = ("user_pop", "item_knn", "session_knn", "shipped")

@@ -64,7 +64,7 @@ class Stream:
 
 def test_every_baseline_follows_the_protocol() -> None:
     factories = baseline_factories()
-    assert set(factories) == {"popularity", "recent_popularity", "user_pop", "item_knn", "session_knn"}
+    assert set(factories) == {"popularity", "recent_popularity", "user_pop", "item_knn", "session_knn", "vsknn"}
     for name, factory in factories.items():
         system = factory()
         assert isinstance(system, Ranker)

@@ -8,6 +8,7 @@ subclass and a line in ``BASELINES``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from models.ranking import Ranker
 
@@ -16,6 +17,8 @@ from .popularity import Popularity
 from .recent_popularity import RecentPopularity
 from .session_knn import SessionKNN
 from .user_pop import UserPop
+from .vsknn import TUNED as VSKNN_TUNED
+from .vsknn import VSKNN
 
 RankerFactory = Callable[[], Ranker]
 
@@ -25,6 +28,7 @@ BASELINES: dict[str, RankerFactory] = {
     "user_pop": UserPop,
     "item_knn": ItemKNN,
     "session_knn": SessionKNN,
+    "vsknn": partial(VSKNN, **VSKNN_TUNED),  # V-SKNN with the values tuned on validation
 }
 
 
@@ -33,5 +37,5 @@ def baseline_factories() -> dict[str, RankerFactory]:
     return dict(BASELINES)
 
 
-__all__ = ["BASELINES", "ItemKNN", "Popularity", "RankerFactory", "RecentPopularity", "SessionKNN", "UserPop",
+__all__ = ["BASELINES", "VSKNN", "ItemKNN", "Popularity", "RankerFactory", "RecentPopularity", "SessionKNN", "UserPop",
            "baseline_factories"]
