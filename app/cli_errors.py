@@ -24,8 +24,13 @@ def _kafka(exc: BaseException) -> str | None:
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
     if isinstance(exc, KafkaConnectionError):
+        from app.runtime.settings import get_settings
+
+        # aiokafka logs a TLS failure (an untrusted certificate) and raises this same error without it
+        tls = ("; over TLS also that STREAMREC_KAFKA_SSL_CAFILE signed the broker's certificate (-v shows the "
+               "TLS error)") if "SSL" in get_settings().kafka_security_protocol else ""
         return (f"cannot reach Kafka ({exc}): check --bootstrap / STREAMREC_KAFKA_BOOTSTRAP and that the broker "
-                "is running (`streamrec demo` prints the embedded broker's address)")
+                f"is running (`streamrec demo` prints the embedded broker's address){tls}")
     if isinstance(exc, KafkaError):
         return f"Kafka refused the request: {exc}"
     return None
