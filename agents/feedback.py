@@ -19,7 +19,7 @@ import orjson
 
 from app.runtime.faust_app import StreamRec
 from app.runtime.faust_fixes.batches import acked_only_when_done, in_partition_of
-from app.serving import lag
+from app.serving import experiments, lag
 from models.feedback import FeedbackParams, FeedbackWindows, UserFeedback, WindowMetrics
 from schemas import topics
 from schemas.events import Recommendation, UserEvent
@@ -80,6 +80,7 @@ def register(runtime: StreamRec) -> None:
             if lists:
                 lag.CTR.labels(scene, model_version).set(clicks / lists)
                 lag.CONVERSION.labels(scene, model_version).set(conversions / lists)
+        experiments.export(closed)  # per-arm counters of online experiments
         await asyncio.gather(*sent)
 
     def accuracy() -> float | None:

@@ -21,20 +21,24 @@ from app.runtime.faust_app import StreamRec
 from app.runtime.faust_fixes.batches import acked_only_when_done, in_partition_of
 from app.runtime.ledger import SOURCE_HEADER, bounded, classify, header
 from app.runtime.records import ProfileRow, decode_row, encode_row, encode_users
+from models.experiments import optout_key
 from models.profile import apply_event
 from schemas import topics
 from schemas.events import Forget, UserEvent
 
 _decode = msgspec.json.Decoder(UserEvent | Forget).decode
+OPTED_OUT = b'{"experiments": "opted out"}'
 
 
 async def forget(runtime: StreamRec, user_id: str, event: EventT) -> None:
-    """Erase a user's rows (changelog tombstones), store rows, and compacted recommendation lists."""
+    """Erase a user's rows (changelog tombstones), store rows, and compacted recommendation lists; the user
+    leaves online experiments for good (a marker keyed by a digest of the id, models/experiments.py)."""
     key = user_id.encode()
     with in_partition_of(event):
         for table in (runtime.profiles, runtime.recstate):
             if key in table:
                 del table[key]
+        runtime.recstate[optout_key(user_id)] = OPTED_OUT
     await (await runtime.store()).forget_user(user_id)
     await runtime.topics[topics.RECOMMENDATIONS].send(key=key, value=None)
 

@@ -7,6 +7,11 @@ also after a crash that lost the last version written.
 
 Each profile row is read and decoded once; its bytes go to the store as the snapshot's payload as
 they are, and each list is encoded once, the same bytes going to Kafka and to the store.
+
+While an online experiment runs, the micro-batch is split by arm (a salted hash of the user id,
+models/experiments.py) and each arm's users are encoded, recalled and ranked with that arm's model
+version; their lists carry `experiment`, `arm` and the arm's `model_version`. A user who asked to be
+forgotten (an opt-out marker in `recstate`) is served the default version, outside the experiment.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from app.runtime.faust_app import StreamRec
 from app.runtime.faust_fixes.batches import acked_only_when_done, in_partition_of
 from app.runtime.records import RecState, decode_recstate, decode_users, encode_recstate
 from app.store import ProfileSnapshot
+from models.experiments import optout_key
 from models.profile import UserProfile, decode_profile
-from models.recommender import UserRequest
+from models.ranking import RankedList
+from models.recommender import Recommender, UserRequest
 from schemas import topics
 from schemas.events import EncodedRecommendation, RecItem, Recommendation
 
@@ -44,6 +51,7 @@ def register(runtime: StreamRec) -> None:
 
     @runtime.app.agent(runtime.topics[topics.REFRESH], name="streamrec.agents.refresh")
     async def refresh(stream):
+        await runtime.loaded_services().experiments_synced.wait()  # arms known before any list goes out
         async for batch in stream.take_events(REFRESH_MESSAGES, settings.refresh_within_s):
             with acked_only_when_done(batch):
                 anchor = {}
@@ -68,21 +76,35 @@ async def refresh_users(runtime: StreamRec, users: list[str], anchor: dict, reco
     services = runtime.loaded_services()
     retired = frozenset(services.unavailable)  # the catalog's retired items: in no list, whatever brings them
     requests = [UserRequest(decode_profile(raw), frozenset(states[u].shown), retired) for u, raw in rows.items()]
-    recommender = services.recommender
-    # On the loop, not in a thread: the profile agent mutates Trending between awaits, and a
-    # thread reading it meanwhile saw a dict change size mid-iteration.
-    results = recommender.recommend(requests, int(time.time() * 1000))
+    # Grouped by the model version that serves each user: one encoder call and one recall per group.
+    experiment = services.experiment  # one experiment state for the whole micro-batch
+    groups: dict[tuple[str | None, str | None], tuple[Recommender, list[UserRequest]]] = {}
+    for request in requests:
+        key: tuple[str | None, str | None] = (None, None)
+        recommender = services.recommender
+        if experiment is not None and runtime.recstate.get(optout_key(request.user_id)) is None:
+            arm = experiment.arm_of(request.user_id)
+            key, recommender = (experiment.name, arm), experiment.arms[arm]
+        groups.setdefault(key, (recommender, []))[1].append(request)
+    now_ms = int(time.time() * 1000)
+    served: list[tuple[UserRequest, RankedList, str, str | None, str | None]] = []
+    for (name, arm), (recommender, group) in groups.items():
+        # On the loop, not in a thread: the profile agent mutates Trending between awaits, and a
+        # thread reading it meanwhile saw a dict change size mid-iteration.
+        results = recommender.recommend(group, now_ms)
+        served += [(request, result, recommender.model_version, name, arm)
+                   for request, result in zip(group, results, strict=True)]
     generated_at = int(time.time() * 1000)
     counts = BatchCounts("refresh")
     sent, lists = [], []
-    for request, result in zip(requests, results, strict=True):
+    for request, result, model_version, name, arm in served:
         user_id, state = result.user_id, states[result.user_id]
         version = max(state.version + 1, generated_at)
         record = Recommendation(
             rec_id=uuid.uuid4().hex, user_id=user_id, version=version, generated_at=generated_at,
-            source_ts=request.profile.clock_ms, scene=result.scene, model_version=recommender.model_version,
+            source_ts=request.profile.clock_ms, scene=result.scene, model_version=model_version,
             items=[RecItem(item_id=r.item_id, score=round(float(r.score), 6), reason=r.reason)
-                   for r in result.items])
+                   for r in result.items], experiment=name, arm=arm)
         listed = {r.item_id for r in result.items}
         shown = [r.item_id for r in result.items] + [i for i in state.shown if i not in listed]
         with in_partition_of(anchor[user_id]):

@@ -285,8 +285,10 @@ def serve(
 
 def _mount_subcommands() -> None:
     from app.store.cli import store_app
+    from app.tools.experiments_cli import experiment_app
 
     cli.add_typer(store_app, name="store")
+    cli.add_typer(experiment_app, name="experiment")
 
 
 _mount_subcommands()

@@ -15,7 +15,14 @@ Decisions (written down because the contract is silent):
 - Windows are tumbling on event time; a window closes when the watermark (newest event time seen,
   advanced by idle wall time so a quiet stream still closes windows) passes ``end + grace``. Events
   for a closed window are counted as ``late_dropped``, never silently lost.
-- Every figure is split by (scene, model_version, arm); ``arm`` is the A/B bucket of the user hash.
+- Every figure is split by (scene, model_version, experiment, arm). A list served in an online
+  experiment carries its own ``experiment`` and ``arm`` (models/experiments.py), and everything
+  attributed to it counts there: the arm is read from the list, never recomputed. Other lists have no
+  experiment and ``arm`` is the A/B bucket of a plain user hash.
+- Experiment figures add what the report's tests need: ``users`` (users whose first list of the
+  experiment falls in the window; summed over windows it is the arm's size, for the sample-ratio
+  check), HR@20 / MRR@20 of the next interaction, and ``rank_hist``, the scored lists by that
+  interaction's rank (1..20, then a miss), so MRR can be bootstrapped without the raw events.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from schemas.events import Purchase, Recommendation, UserEvent, event_items
 MAX_LISTS = 8  # recent lists remembered per user for attribution
 MAX_EVENT_IDS = 64  # recent event ids remembered per user (redelivery must not count twice)
 MAX_FRESHNESS_SAMPLES = 20_000  # per group and window: exact percentiles, bounded memory
+RANK_K = 20  # HR@20 / MRR@20 and the rank histogram's length (plus one slot for a miss)
+MAX_EXPERIMENTS = 16  # experiments remembered per user (counted once as an arm's user)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +83,8 @@ class ListRef:
     items: list[str]
     clicked: bool = False
     converted: bool = False
+    experiment: str | None = None
+    arm: str | None = None  # None only in rows written before arms were kept
 
 
 @dataclass(slots=True)
@@ -84,6 +95,7 @@ class UserFeedback:
     latest_scored: bool = True
     last_scene: str | None = None
     event_ids: list[str] = field(default_factory=list)
+    experiments: list[str] = field(default_factory=list)  # experiments whose lists this user has had
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,13 +104,13 @@ class UserFeedback:
     def from_dict(cls, doc: Mapping[str, Any]) -> UserFeedback:
         return cls(lists=[ListRef(**ref) for ref in doc.get("lists", ())],
                    latest_scored=bool(doc.get("latest_scored", True)), last_scene=doc.get("last_scene"),
-                   event_ids=list(doc.get("event_ids", ())))
+                   event_ids=list(doc.get("event_ids", ())), experiments=list(doc.get("experiments", ())))
 
 
 # --- windowed aggregates -----------------------------------------------------------------------------------
 
 
-GroupKey = tuple[int, str, str, str]  # window start, scene, model_version, arm
+GroupKey = tuple[int, str, str, str, str]  # window start, scene, model_version, experiment ("" for none), arm
 
 
 @dataclass(slots=True)
@@ -115,6 +127,8 @@ class GroupStats:
     scene_switches: int = 0
     items: set[str] = field(default_factory=set)
     freshness_ms: list[float] = field(default_factory=list)
+    users: int = 0  # users whose first list of the experiment is in this group
+    rank_hist: list[int] = field(default_factory=lambda: [0] * (RANK_K + 1))  # ranks 1..RANK_K, then misses
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +159,11 @@ class WindowMetrics:
     freshness_p99_ms: float | None
     late_dropped_total: int
     scene_model_accuracy: float | None
+    experiment: str | None = None
+    users: int = 0
+    hit_rate_20: float | None = None
+    mrr_20: float | None = None
+    rank_hist: list[int] | None = None  # scored lists by the next interaction's rank: 1..20, then a miss
 
 
 def _ratio(num: float, den: int) -> float | None:
@@ -163,12 +182,13 @@ class FeedbackWindows:
     closed_until: int | None = None  # every window ending at or before this is closed
     late_dropped: int = 0  # events whose window had already closed (total)
 
-    def _group(self, ts: int, scene: str, model_version: str, arm: str) -> GroupStats | None:
+    def _group(self, ts: int, scene: str, model_version: str, experiment: str | None,
+               arm: str) -> GroupStats | None:
         start = window_start(ts, self.params.window_ms)
         if self.closed_until is not None and start + self.params.window_ms <= self.closed_until:
             self.late_dropped += 1
             return None
-        key = (start, scene, model_version, arm)
+        key = (start, scene, model_version, experiment or "", arm)
         group = self.groups.get(key)
         if group is None:
             group = self.groups[key] = GroupStats()
@@ -182,9 +202,14 @@ class FeedbackWindows:
         if any(ref.rec_id == rec.rec_id for ref in state.lists):
             return False
         items = [item.item_id for item in rec.items]
-        arm = ab_arm(rec.user_id, self.params.ab_split)
-        group = self._group(rec.source_ts, rec.scene, rec.model_version, arm)
+        experiment = rec.experiment
+        arm = (rec.arm or "unknown") if experiment is not None else ab_arm(rec.user_id, self.params.ab_split)
+        group = self._group(rec.source_ts, rec.scene, rec.model_version, experiment, arm)
         if group is not None:
+            if experiment is not None and experiment not in state.experiments:
+                state.experiments.append(experiment)
+                del state.experiments[:-MAX_EXPERIMENTS]
+                group.users += 1
             group.lists += 1
             group.impressions += len(items)
             group.items.update(items)
@@ -197,7 +222,8 @@ class FeedbackWindows:
             if state.last_scene is not None and state.last_scene != rec.scene:
                 group.scene_switches += 1
         state.last_scene = rec.scene
-        state.lists.append(ListRef(rec.rec_id, rec.source_ts, rec.scene, rec.model_version, items))
+        state.lists.append(ListRef(rec.rec_id, rec.source_ts, rec.scene, rec.model_version, items,
+                                   experiment=experiment, arm=arm))
         del state.lists[:-MAX_LISTS]
         state.latest_scored = False
         self._advance(rec.source_ts)
@@ -213,24 +239,26 @@ class FeedbackWindows:
         touched = [item for item, _ in event_items(event)]
         if not touched:
             return True
-        arm = ab_arm(event.user_id, self.params.ab_split)
         latest = state.lists[-1] if state.lists else None
         if latest is not None and not state.latest_scored and event.ts > latest.source_ts:
             state.latest_scored = True
             ranks = [r for r in (rank_of(latest.items, item) for item in touched) if r is not None]
             best = min(ranks) if ranks else None
-            group = self._group(event.ts, latest.scene, latest.model_version, arm)
+            group = self._group(event.ts, latest.scene, latest.model_version, latest.experiment,
+                                self._arm_of(latest, event.user_id))
             if group is not None:
                 group.scored += 1
                 if best is not None and best <= self.params.k:
                     group.hits += 1
                 group.ndcg_sum += ndcg(best, self.params.k)
+                group.rank_hist[best - 1 if best is not None and best <= RANK_K else RANK_K] += 1
         source = self._attributed(state, event, touched)
         if source is not None:
             purchase = isinstance(event, Purchase)
             if (source.converted if purchase else source.clicked):
                 return True
-            group = self._group(event.ts, source.scene, source.model_version, arm)
+            group = self._group(event.ts, source.scene, source.model_version, source.experiment,
+                                self._arm_of(source, event.user_id))
             if group is not None:
                 if purchase:
                     source.converted = True
@@ -239,6 +267,9 @@ class FeedbackWindows:
                     source.clicked = True
                     group.clicks += 1
         return True
+
+    def _arm_of(self, ref: ListRef, user_id: str) -> str:
+        return ref.arm if ref.arm is not None else ab_arm(user_id, self.params.ab_split)
 
     def _attributed(self, state: UserFeedback, event: UserEvent, touched: list[str]) -> ListRef | None:
         window = self.params.attribution_ms
@@ -274,8 +305,10 @@ class FeedbackWindows:
                 for key, group in sorted(self.groups.items())]
 
     def _summary(self, key: GroupKey, g: GroupStats, accuracy: float | None, final: bool = True) -> WindowMetrics:
-        start, scene, model_version, arm = key
+        start, scene, model_version, experiment, arm = key
         size = self.catalog_size()
+        hits_20 = sum(g.rank_hist[:RANK_K])
+        rr_20 = sum(n / rank for rank, n in enumerate(g.rank_hist[:RANK_K], start=1))
         accuracy = None if accuracy is None or math.isnan(accuracy) else accuracy
         return WindowMetrics(
             metric="feedback" if final else "feedback_open", window_start=start, window_end=start + self.params.window_ms, scene=scene,
@@ -285,7 +318,9 @@ class FeedbackWindows:
             coverage=len(g.items) / size if size else None, distinct_items=len(g.items),
             diversity=_ratio(g.diversity_sum, g.diversity_n), scene_switches=g.scene_switches,
             freshness_p50_ms=percentile(g.freshness_ms, 50), freshness_p99_ms=percentile(g.freshness_ms, 99),
-            late_dropped_total=self.late_dropped, scene_model_accuracy=accuracy)
+            late_dropped_total=self.late_dropped, scene_model_accuracy=accuracy,
+            experiment=experiment or None, users=g.users, hit_rate_20=_ratio(hits_20, g.scored),
+            mrr_20=_ratio(rr_20, g.scored), rank_hist=list(g.rank_hist))
 
 
 def scene_distribution(windows: Iterable[WindowMetrics]) -> dict[str, float]:

@@ -87,7 +87,10 @@ class RecItem(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
-class Recommendation(msgspec.Struct, frozen=True, kw_only=True):
+class Recommendation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A published list. `experiment` and `arm` are set only for a user in a running online experiment
+    (models/experiments.py); they are left off the wire otherwise, so other lists keep their old bytes."""
+
     rec_id: str
     user_id: str
     version: int
@@ -96,6 +99,8 @@ class Recommendation(msgspec.Struct, frozen=True, kw_only=True):
     scene: Scene
     model_version: str
     items: list[RecItem]
+    experiment: str | None = None
+    arm: str | None = None
 
 
 class EncodedRecommendation(msgspec.Struct, frozen=True):

@@ -11,6 +11,8 @@ RECOMMENDATIONS = "reco.recommendations"
 METRICS = "reco.metrics"
 LAG = "reco.lag"
 DEADLETTER = "reco.deadletter"
+# Online experiments (A/B by model version), keyed by name: the latest definition of each is what holds.
+EXPERIMENTS = "reco.experiments"
 
 # Internal: the three user-event topics merged and keyed by user_id, and the users to refresh.
 EVENTS = "streamrec.events"
@@ -19,6 +21,7 @@ REFRESH = "streamrec.refresh"
 INPUT_TOPICS = (CLICK, BROWSE, PURCHASE)
 TOPIC_BY_TYPE = {"click": CLICK, "browse": BROWSE, "purchase": PURCHASE, "catalog": CATALOG}
 TYPE_BY_TOPIC = {topic: kind for kind, topic in TOPIC_BY_TYPE.items()}
-COMPACTED = (RECOMMENDATIONS,)
+COMPACTED = (RECOMMENDATIONS, EXPERIMENTS)
 
-ALL = (CLICK, BROWSE, PURCHASE, CATALOG, RECOMMENDATIONS, METRICS, LAG, DEADLETTER, EVENTS, REFRESH)
+ALL = (CLICK, BROWSE, PURCHASE, CATALOG, RECOMMENDATIONS, METRICS, LAG, DEADLETTER, EXPERIMENTS, EVENTS,
+       REFRESH)

@@ -2,10 +2,14 @@
 
 Built once at worker start and attached to the runtime; agents reach them through `runtime.services`.
 A new model version written by `streamrec train` is picked up without a restart (`maybe_reload`).
+While an online experiment runs, both arms' model versions stay loaded, each behind its own
+`Recommender` sharing the one popularity model (`install_experiment`); the default recommender keeps
+following the newest version for users outside the experiment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass, field
@@ -14,10 +18,12 @@ from pathlib import Path
 from app.runtime.settings import Settings
 from app.store.vectors import MilvusRecall
 from models.encoder import ModelVersion, latest_model_version, load_model_version
+from models.experiments import assign_arm, version_path
 from models.popularity import Trending
 from models.profile import ProfileParams
 from models.recommender import Recommender, RecommenderOptions
 from models.scene import SceneModel
+from schemas.experiments import ARMS, Experiment
 from schemas.validation import Limits
 
 logger = logging.getLogger(__name__)
@@ -40,6 +46,24 @@ def recall_for(settings: Settings, model: ModelVersion) -> MilvusRecall:
     return recall
 
 
+LoadedVersions = dict[str, tuple[ModelVersion, MilvusRecall]]
+
+
+@dataclass(frozen=True)
+class RunningExperiment:
+    """An experiment as one worker serves it: its definition and a recommender per arm."""
+
+    definition: Experiment
+    arms: dict[str, Recommender]
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def arm_of(self, user_id: str) -> str:
+        return assign_arm(self.definition, user_id)
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -52,6 +76,11 @@ class Services:
     # Items the catalog retired. Recall filters them in Milvus, but a user's own items, co-occurrence and
     # trending bring candidates from elsewhere: the refresh excludes these from every list.
     unavailable: set[str] = field(default_factory=set)
+    experiment: RunningExperiment | None = None  # the online experiment this worker serves, if any
+    experiment_error: str | None = None  # why the running definition could not be served here
+    # Set once the experiments topic has been read to its end at startup (app/runtime/experiments.py):
+    # the refresh waits for it, so no list goes out with the wrong arm after a restart.
+    experiments_synced: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def load(cls, settings: Settings) -> Services:
@@ -84,22 +113,68 @@ class Services:
         self.model_path = path
         logger.info("serving model %s (encoder on %s)", model.version, model.encoder.provider)
 
+    def load_versions(self, definition: Experiment) -> LoadedVersions:
+        """The slow half of starting an experiment (files, Milvus load) for both arms' versions: safe in a
+        thread. A version the default recommender serves already is shared, not loaded twice."""
+        loaded: LoadedVersions = {}
+        current = self.recommender
+        for version in dict.fromkeys((definition.control, definition.treatment)):
+            if current.model is not None and current.recall is not None and current.model.version == version:
+                loaded[version] = (current.model, current.recall)  # type: ignore[assignment]
+                continue
+            path = version_path(self.settings.model_dir, version)
+            if path is None:
+                raise FileNotFoundError(f"model version {version!r} is not under {self.settings.model_dir}")
+            model = load_model_version(path, self.settings.encoder_device, self.settings.encoder_gpu_min_batch)
+            loaded[version] = (model, recall_for(self.settings, model))
+        return loaded
+
+    def install_experiment(self, definition: Experiment, loaded: LoadedVersions) -> None:
+        """Serve `definition`: on the event loop, between two refresh batches, like a model swap."""
+        base = self.recommender
+        arms = {arm: Recommender(*loaded[definition.version_of(arm)], self.trending, base.options,
+                                 base.rerank_params) for arm in ARMS}
+        self.experiment, self.experiment_error = RunningExperiment(definition, arms), None
+        logger.info("experiment %s: control %s, treatment %s (share %.3f)", definition.name,
+                    definition.control, definition.treatment, definition.share)
+
+    def end_experiment(self, error: str | None = None) -> None:
+        if self.experiment is not None:
+            logger.info("experiment %s: no longer served", self.experiment.name)
+        self.experiment, self.experiment_error = None, error
+
+    def recommenders(self) -> list[Recommender]:
+        """Every recommender serving now (the default and each arm's), each recall once."""
+        out = [self.recommender]
+        if self.experiment is not None:
+            out += list(self.experiment.arms.values())
+        seen: set[int] = set()
+        unique = []
+        for recommender in out:
+            if id(recommender.recall) not in seen:
+                seen.add(id(recommender.recall))
+                unique.append(recommender)
+        return unique
+
     @property
     def ready(self) -> bool:
         return self.recommender.model is not None
 
     def apply_catalog(self, items: list) -> None:
-        """Upsert catalog items into recall (own vector, else category centroid) and popularity's map."""
-        recommender = self.recommender
+        """Upsert catalog items into recall (own vector, else category centroid) and popularity's map, in
+        every model version serving now (an experiment's arms too)."""
         for item in items:
             if item.available:
                 self.unavailable.discard(item.item_id)
             else:
                 self.unavailable.add(item.item_id)
-            if recommender.model is None or recommender.recall is None:
+        for recommender in self.recommenders():
+            model, recall = recommender.model, recommender.recall
+            if model is None or recall is None:
                 continue
-            vector = item.vector or recommender.model.vectors.vector(item.item_id, item.category)
-            if vector is not None and len(vector) == recommender.model.dim:
-                recommender.recall.upsert_item(item.item_id, vector, item.category, item.available)
-            else:
-                recommender.recall.set_available(item.item_id, item.available)
+            for item in items:
+                vector = item.vector or model.vectors.vector(item.item_id, item.category)
+                if vector is not None and len(vector) == model.dim:
+                    recall.upsert_item(item.item_id, vector, item.category, item.available)
+                else:
+                    recall.set_available(item.item_id, item.available)

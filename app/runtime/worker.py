@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from agents import catalog, feedback, ingest, profile, refresh
+from app.runtime import experiments
 from app.runtime.broker import EmbeddedBroker
 from app.runtime.counters import totals
 from app.runtime.faust_app import StreamRec, build_runtime
@@ -24,6 +25,7 @@ from app.runtime.settings import Settings
 from app.serving import lag
 from app.serving.api import LazyProducer, api_routes
 from app.serving.dashboard import dashboard_routes
+from app.serving.experiments import experiment_routes
 from app.serving.web import build_web_app, start_web
 from app.store import open_store
 
@@ -39,9 +41,11 @@ def readiness(runtime: StreamRec) -> dict:
     services = runtime.loaded_services()
     model = services.ready or services.model_path is None
     store = runtime.opened_store is not None
-    return {"ready": bool(assigned and recovered and not app.rebalancing and model and store),
+    synced = services.experiments_synced.is_set()  # the refresh serves no list before it
+    return {"ready": bool(assigned and recovered and not app.rebalancing and model and store and synced),
             "assigned_partitions": assigned, "recovered": recovered, "rebalancing": bool(app.rebalancing),
-            "model_version": services.recommender.model_version}
+            "model_version": services.recommender.model_version, "experiments_synced": synced,
+            "experiment": services.experiment.name if services.experiment else None}
 
 
 def build_worker_runtime(settings: Settings) -> StreamRec:
@@ -50,6 +54,7 @@ def build_worker_runtime(settings: Settings) -> StreamRec:
     for module in (ingest, profile, refresh, catalog, feedback):
         module.register(runtime)
     lag.register(runtime)  # lag sampler: reco.lag, Prometheus, dashboard
+    experiments.register(runtime)  # follows reco.experiments: which experiment this worker serves
     lag.register_stats_collector(lambda: totals(runtime.stats.items()))
 
     @runtime.app.timer(MODEL_POLL_S)
@@ -80,7 +85,7 @@ def build_worker_runtime(settings: Settings) -> StreamRec:
                   web.get("/users/{user_id}/state", user_state),
                   *api_routes(lambda: runtime.opened_store, LazyProducer(lambda: producer(settings)),
                               services.limits),
-                  *dashboard_routes(runtime)]
+                  *dashboard_routes(runtime), *experiment_routes(runtime)]
         runtime.http = await start_web(build_web_app(lambda: readiness(runtime), routes), settings.web_host,
                                        settings.web_port)
 

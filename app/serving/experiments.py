@@ -1,0 +1,85 @@
+"""Online experiments as ops see them: Prometheus counters per arm, and `/experiments` (JSON).
+
+The counters are cumulative over this worker's closed feedback windows, labelled by experiment, arm
+and scene, so any rate over any range is a PromQL division, e.g. CTR per arm over the last hour:
+`sum by (arm) (increase(streamrec_experiment_clicks_total{experiment="x"}[1h]))
+ / sum by (arm) (increase(streamrec_experiment_lists_total{experiment="x"}[1h]))`.
+`/experiments` gives the running experiment and, per experiment seen in this worker's recent and
+open windows, each arm's rates with 95% intervals (app/evaluation/abtest.py); with several workers
+each answers for its own partitions, and `streamrec experiment report` sums them all from reco.metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from prometheus_client import Counter
+
+from app.runtime.faust_app import StreamRec
+from models.feedback import RANK_K, WindowMetrics
+
+_LABELS = ["experiment", "arm", "scene"]
+USERS = Counter("streamrec_experiment_users", "users entering an experiment arm", _LABELS)
+LISTS = Counter("streamrec_experiment_lists", "lists served in an experiment arm", _LABELS)
+CLICKS = Counter("streamrec_experiment_clicks", "experiment lists with an attributed click", _LABELS)
+CONVERSIONS = Counter("streamrec_experiment_conversions", "experiment lists with an attributed purchase",
+                      _LABELS)
+SCORED = Counter("streamrec_experiment_scored", "experiment lists scored against the next interaction",
+                 _LABELS)
+HITS = Counter("streamrec_experiment_hits", f"scored experiment lists whose next interaction is in the top {RANK_K}",
+               _LABELS)
+RECIPROCAL_RANK = Counter("streamrec_experiment_reciprocal_rank",
+                          f"sum of 1/rank of the next interaction (0 past {RANK_K}): / scored = MRR@{RANK_K}", _LABELS)
+
+
+def export(closed: Iterable[WindowMetrics]) -> None:
+    """Add closed windows of experiments to the Prometheus counters."""
+    for w in closed:
+        if w.experiment is None:
+            continue
+        labels = (w.experiment, w.arm, w.scene)
+        hist = w.rank_hist or [0] * (RANK_K + 1)
+        USERS.labels(*labels).inc(w.users)
+        LISTS.labels(*labels).inc(w.lists)
+        CLICKS.labels(*labels).inc(w.clicks)
+        CONVERSIONS.labels(*labels).inc(w.conversions)
+        SCORED.labels(*labels).inc(w.scored)
+        HITS.labels(*labels).inc(sum(hist[:RANK_K]))
+        RECIPROCAL_RANK.labels(*labels).inc(sum(n / rank for rank, n in enumerate(hist[:RANK_K], start=1)))
+
+
+def experiments_document(runtime: StreamRec) -> dict[str, Any]:
+    """The running experiment and per-arm figures with 95% intervals from this worker's windows."""
+    from app.evaluation.abtest import arm_figures, sum_arms  # statsmodels and scipy: only when asked
+
+    services = runtime.services
+    running = services.experiment if services is not None else None
+    windows = list(runtime.extras.get("feedback_recent", ()))
+    open_windows = runtime.extras.get("feedback")
+    if open_windows is not None:
+        windows += open_windows.snapshot()
+    names = sorted({w.experiment for w in windows if w.experiment is not None})
+    registry = runtime.extras.get("experiments")
+    definitions = registry.definitions if registry is not None else {}
+    out = {}
+    for name in names:
+        arms, _ = sum_arms(windows, name)
+        definition = definitions.get(name)
+        out[name] = {"definition": msgspec.to_builtins(definition) if definition else None,
+                     "arms": {arm: msgspec.to_builtins(arm_figures(totals)) for arm, totals in arms.items()}}
+    return {
+        "running": msgspec.to_builtins(running.definition) if running is not None else None,
+        "error": services.experiment_error if services is not None else None,
+        "experiments": out,
+        "scope": "this worker's partitions, recent closed and open feedback windows",
+    }
+
+
+def experiment_routes(runtime: StreamRec) -> list[web.RouteDef]:
+    async def experiments(_: web.Request) -> web.Response:
+        return web.json_response(experiments_document(runtime), dumps=lambda v: msgspec.json.encode(v).decode())
+
+    return [web.get("/experiments", experiments)]
