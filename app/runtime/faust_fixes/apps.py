@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
 
@@ -18,6 +17,7 @@ from app.runtime.faust_fixes.consumer import (
 )
 from app.runtime.faust_fixes.fastpath import FastDrain
 from app.runtime.faust_fixes.highwater import FetchWaitFromApp, ProbedHighwaters
+from app.runtime.faust_fixes.queues import DroppedSharesDone, SharesDroppedApp
 
 
 class StreamRecConsumerThread(ProbedHighwaters, FetchWaitFromApp, faust_aiokafka.AIOKafkaConsumerThread):
@@ -26,7 +26,7 @@ class StreamRecConsumerThread(ProbedHighwaters, FetchWaitFromApp, faust_aiokafka
 
 class StreamRecConsumer(ReReadJumps, JumpsAreHoles, NoCommitOverFetchedRecord, SkippedNotAcked,
                         RepairBlockedPartitions, SeekOnConsumerThread, CommitGate, FetchTracking,
-                        faust_aiokafka.Consumer):
+                        DroppedSharesDone, faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with every consumer-side fix, on Faust's own drain loop (the default)."""
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
@@ -45,8 +45,8 @@ class FastPathTransport(faust_aiokafka.Transport):
     Consumer = FastPathConsumer
 
 
-class StreamRecApp(faust.App):
-    """faust.App on `StreamRecConsumer` (same URLs, same settings)."""
+class StreamRecApp(SharesDroppedApp):
+    """faust.App on `StreamRecConsumer` (same URLs, same settings), its channels recording dropped events."""
 
     fetch_max_wait_ms: int | None = None  # set from the settings by build_runtime; None: Faust's 1,500 ms
 
