@@ -9,12 +9,14 @@ which is how docs/RELIABILITY.md was filled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +92,7 @@ class Cluster:
     data_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     workers: list[WorkerProcess] = field(default_factory=list)
+    partitions: int = field(default_factory=lambda: Settings().partitions)
 
     @property
     def bootstrap(self) -> str:
@@ -105,10 +108,24 @@ class Cluster:
         self.workers.append(process)
         return process.start()
 
+    def member(self, name: str) -> WorkerProcess:
+        """Start one more worker in the group, beside the others: its own data dir (RocksDB, the
+        milvus-lite file lock, its log) and web port, but the shared SQLite store, as workers share
+        Cassandra at scale, so `stored_profiles` sees every user whoever refreshed them last."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        process = WorkerProcess(self.bootstrap, self.data_dir.parent / f"member-{name}",
+                                env={**self.env, "STREAMREC_SQLITE_PATH": str(self.data_dir / "streamrec.db")})
+        self.workers.append(process)
+        return process.start()
+
     # --- producing ---------------------------------------------------------------------------------
     def send_raw(self, items: Iterable[tuple[str, bytes | None, bytes]], rate: float | None = None,
-                 chunk: int = 500) -> int:
-        """Produce (topic, key, value) with acks=all; optionally paced at `rate` messages/s. Returns count."""
+                 chunk: int = 500, stop: threading.Event | None = None,
+                 progress: Callable[[int], None] | None = None) -> int:
+        """Produce (topic, key, value) with acks=all; optionally paced at `rate` messages/s. Returns count.
+
+        `stop` ends the flow early (what was sent is then a prefix of `items`); `progress` is told the
+        count acknowledged after each chunk."""
         async def go() -> int:
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
                                         max_request_size=8 * 1024 * 1024, request_timeout_ms=120_000)
@@ -116,11 +133,15 @@ class Cluster:
             n, pending, t0 = 0, [], time.monotonic()
             try:
                 for topic, key, value in items:
+                    if stop is not None and stop.is_set():
+                        break
                     pending.append(await producer.send(topic, value, key=key))
                     n += 1
                     if len(pending) >= chunk:
                         await asyncio.gather(*pending)
                         pending = []
+                        if progress is not None:
+                            progress(n)
                         if rate:
                             ahead = n / rate - (time.monotonic() - t0)
                             if ahead > 0:
@@ -132,9 +153,10 @@ class Cluster:
 
         return asyncio.run(go())
 
-    def send_events(self, events: Iterable[UserEvent], rate: float | None = None, chunk: int = 500) -> int:
+    def send_events(self, events: Iterable[UserEvent], rate: float | None = None, chunk: int = 500,
+                    stop: threading.Event | None = None, progress: Callable[[int], None] | None = None) -> int:
         return self.send_raw(((topics.TOPIC_BY_TYPE[type(e).__name__.lower()], e.user_id.encode(),
-                               encode_event(e)) for e in events), rate, chunk)
+                               encode_event(e)) for e in events), rate, chunk, stop, progress)
 
     # --- reading -----------------------------------------------------------------------------------
     def read_topic(self, topic: str) -> list:
@@ -179,21 +201,24 @@ class Cluster:
 
     def lag(self) -> dict[str, int]:
         """highwater - committed of the worker's consumer group, summed per topic it consumes."""
-        async def go() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for tp, (committed, highwater) in self.group_offsets().items():
+            out[tp.topic] = out.get(tp.topic, 0) + max(0, highwater - committed)
+        return out
+
+    def group_offsets(self) -> dict[TopicPartition, tuple[int, int]]:
+        """(committed, highwater) of the worker group on every partition of the topics its agents consume."""
+        async def go() -> dict[TopicPartition, tuple[int, int]]:
             reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=APP_ID)
             probe = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
             await reader.start()
             await probe.start()
             try:
                 parts = [TopicPartition(t, p) for t in CONSUMED_TOPICS
-                         for p in sorted(probe.partitions_for_topic(t) or range(Settings().partitions))]
+                         for p in sorted(probe.partitions_for_topic(t) or range(self.partitions))]
                 probe.assign(parts)
                 ends = await self._highwaters(probe, parts)
-                out: dict[str, int] = {}
-                for tp in parts:
-                    committed = await reader.committed(tp) or 0
-                    out[tp.topic] = out.get(tp.topic, 0) + max(0, ends.get(tp, 0) - committed)
-                return out
+                return {tp: (await reader.committed(tp) or 0, ends.get(tp, 0)) for tp in parts}
             finally:
                 await probe.stop()
                 await reader.stop()
@@ -254,6 +279,50 @@ class Cluster:
         return [_decode_event(m.value) for m in self.read_topic(topics.EVENTS)]
 
 
+class PacedProducer:
+    """Events sent in order at a steady rate on a thread, until all are sent or `finish()` is called.
+
+    What was sent is always a prefix of `events` (`sent_events()`), so a test can keep the flow going for
+    as long as its scenario takes and account for exactly what went out; `sent` is the count
+    acknowledged so far. A send error is re-raised by `finish()`."""
+
+    def __init__(self, cluster: Cluster, events: list[UserEvent], rate: float, chunk: int = 20) -> None:
+        self.cluster, self.events, self.rate, self.chunk = cluster, events, rate, chunk
+        self.sent = 0
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="paced-producer", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.sent = self.cluster.send_events(self.events, self.rate, self.chunk, stop=self._stop,
+                                                 progress=self._progressed)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread by finish()
+            self._error = exc
+
+    def _progressed(self, n: int) -> None:
+        self.sent = n
+
+    def start(self) -> PacedProducer:
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        """Still sending: neither out of events nor stopped (nor failed)."""
+        return self._thread.is_alive()
+
+    def finish(self, timeout_s: float = 120.0) -> list[UserEvent]:
+        """Stop sending, wait for the last chunk's acks; returns the events sent."""
+        self._stop.set()
+        self._thread.join(timeout=timeout_s)
+        if self._thread.is_alive():
+            raise TimeoutError(f"producer still sending {timeout_s}s after it was told to stop ({self.sent} sent)")
+        if self._error is not None:
+            raise RuntimeError(f"producer failed after {self.sent} events") from self._error
+        return self.events[:self.sent]
+
+
 def table_row(worker: WorkerProcess, user_id: str) -> str:
     """accepted and clock_ms of the user's profile in the worker's table (or why there is none)."""
     response = worker.get(f"/users/{user_id}/state")
@@ -272,15 +341,35 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, model_dir: Path) -> Iterator[Cluster]:
+@contextlib.contextmanager
+def running_cluster(tmp_path: Path, model_dir: Path, partitions: int | None = None) -> Iterator[Cluster]:
+    """A private broker with every topic created (`partitions` each, else the configured count), and
+    the workers' environment; every worker still running at the end is killed."""
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        asyncio.run(ensure_topics(Settings(kafka_bootstrap=broker.bootstrap)))
-        running = Cluster(broker, tmp_path / "worker",
-                          env={"STREAMREC_MODEL_DIR": str(model_dir), "STREAMREC_VECTOR_DIM": "32"})
+        settings = Settings(kafka_bootstrap=broker.bootstrap, **({"partitions": partitions} if partitions else {}))
+        asyncio.run(ensure_topics(settings))
+        env = {"STREAMREC_MODEL_DIR": str(model_dir), "STREAMREC_VECTOR_DIM": "32",
+               "STREAMREC_PARTITIONS": str(settings.partitions)}
+        running = Cluster(broker, tmp_path / "worker", env=env, partitions=settings.partitions)
         try:
             yield running
         finally:
             broker.thaw()
             for process in running.workers:
                 process.kill()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, model_dir: Path) -> Iterator[Cluster]:
+    with running_cluster(tmp_path, model_dir) as running:
+        yield running
+
+
+GROUP_PARTITIONS = 6  # two workers own 3 partitions each, three own 2 each
+
+
+@pytest.fixture
+def group_cluster(tmp_path: Path, model_dir: Path) -> Iterator[Cluster]:
+    """A cluster whose topics have enough partitions for three workers in one group to each own some."""
+    with running_cluster(tmp_path, model_dir, partitions=max(GROUP_PARTITIONS, Settings().partitions)) as running:
+        yield running
