@@ -48,13 +48,11 @@ class Settings(BaseSettings):
     refresh_batch: int = Field(256, ge=1, description="max users re-embedded per micro-batch")
     refresh_within_s: float = Field(0.1, gt=0)
     rebalance_timeout_s: float = Field(3.0, gt=0, description="Faust broker_rebalance_timeout")
-    # Faust's own value. 100 ms cut freshness p50 from 2.4 s to 1.3 s on Tansu, but a crash-test run with it
-    # lost events (docs/RELIABILITY.md, "What is left"): not the default until that is understood.
+    # Faust's own value; shorter waits help freshness on Tansu but are not yet proven under crashes
+    # (docs/RELIABILITY.md, "What is left").
     fetch_max_wait_ms: int = Field(1500, ge=1, le=60_000, description="longest a worker's fetch waits for "
                                    "data; Tansu holds a fetch this long even when data arrives (app/runtime/faust_fixes/highwater.py)")
-    # Off by default: full-scale SIGKILL crash tests (100,000 events, 6 kills) lost input events with it
-    # until faults 16 and 17 were fixed on 2026-12-04 (6 of 6 runs passed since), and never with Faust's
-    # own loop (docs/RELIABILITY.md "What is left"). On once it has the same record.
+    # Off until it has the default loop's crash-test record (docs/RELIABILITY.md, faults 16-17, "What is left").
     faust_fastpath: bool = Field(False, description="direct per-message delivery (app/runtime/faust_fixes/fastpath.py); "
                                  "off until proven under repeated crashes, see docs/RELIABILITY.md")
     # Each table partition is its own RocksDB; Faust's defaults (64 MiB x 3 memtables, a 2 GiB block cache
