@@ -58,13 +58,6 @@ def _stream(seed: int = 3) -> list[UserEvent]:
 
 
 @pytest.fixture(scope="module")
-def shared():
-    model = SharedModel(dim=16)
-    yield model
-    model.close()
-
-
-@pytest.fixture(scope="module")
 def split():
     events = _stream()
     cut = events[len(events) * 2 // 3].ts

@@ -36,13 +36,6 @@ def _events() -> list[UserEvent]:
     return events
 
 
-@pytest.fixture(scope="module")
-def shared():
-    model = SharedModel(dim=16)
-    yield model
-    model.close()
-
-
 @pytest.fixture(scope="module", params=sorted(RANKERS))
 def fitted(request, shared) -> tuple[str, Ranker, int]:
     events = _events()
