@@ -7,6 +7,7 @@ and scene, so any rate over any range is a PromQL division, e.g. CTR per arm ove
 `/experiments` gives the running experiment and, per experiment seen in this worker's recent and
 open windows, each arm's rates with 95% intervals (app/evaluation/abtest.py); with several workers
 each answers for its own partitions, and `streamrec experiment report` sums them all from reco.metrics.
+The dashboard's per-arm table is `dashboard_section`, one row per experiment and arm.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import msgspec
 from aiohttp import web
 from prometheus_client import Counter
 
+from app.evaluation.abtest import ArmFigures, arm_figures, sum_arms
 from app.runtime.faust_app import StreamRec
 from models.feedback import RANK_K, WindowMetrics
 
@@ -51,31 +53,50 @@ def export(closed: Iterable[WindowMetrics]) -> None:
         RECIPROCAL_RANK.labels(*labels).inc(sum(n / rank for rank, n in enumerate(hist[:RANK_K], start=1)))
 
 
-def experiments_document(runtime: StreamRec) -> dict[str, Any]:
-    """The running experiment and per-arm figures with 95% intervals from this worker's windows."""
-    from app.evaluation.abtest import arm_figures, sum_arms  # statsmodels and scipy: only when asked
-
-    services = runtime.services
-    running = services.experiment if services is not None else None
+def arms_now(runtime: StreamRec) -> dict[str, dict[str, ArmFigures]]:
+    """Per experiment seen in this worker's recent closed and open feedback windows: each arm's figures."""
     windows = list(runtime.extras.get("feedback_recent", ()))
     open_windows = runtime.extras.get("feedback")
     if open_windows is not None:
         windows += open_windows.snapshot()
     names = sorted({w.experiment for w in windows if w.experiment is not None})
+    return {name: {arm: arm_figures(totals) for arm, totals in sum_arms(windows, name)[0].items()}
+            for name in names}
+
+
+def experiments_document(runtime: StreamRec) -> dict[str, Any]:
+    """The running experiment and per-arm figures with 95% intervals from this worker's windows."""
+    services = runtime.services
+    running = services.experiment if services is not None else None
     registry = runtime.extras.get("experiments")
     definitions = registry.definitions if registry is not None else {}
     out = {}
-    for name in names:
-        arms, _ = sum_arms(windows, name)
+    for name, arms in arms_now(runtime).items():
         definition = definitions.get(name)
         out[name] = {"definition": msgspec.to_builtins(definition) if definition else None,
-                     "arms": {arm: msgspec.to_builtins(arm_figures(totals)) for arm, totals in arms.items()}}
+                     "arms": {arm: msgspec.to_builtins(figures) for arm, figures in arms.items()}}
     return {
         "running": msgspec.to_builtins(running.definition) if running is not None else None,
         "error": services.experiment_error if services is not None else None,
         "experiments": out,
         "scope": "this worker's partitions, recent closed and open feedback windows",
     }
+
+
+def dashboard_section(runtime: StreamRec) -> dict[str, Any]:
+    """The dashboard's experiment table: one flat row per experiment and arm, intervals beside each rate."""
+    services = runtime.services
+    running = services.experiment if services is not None else None
+    rows = []
+    for name, arms in arms_now(runtime).items():
+        for arm, f in arms.items():
+            rows.append({"experiment": name, "arm": arm, "model_version": f.model_versions[-1] if f.model_versions else None,
+                         "users": f.users, "lists": f.lists,
+                         "ctr": f.ctr.value, "ctr_low": f.ctr.ci_low, "ctr_high": f.ctr.ci_high,
+                         "conversion_rate": f.conversion_rate.value, "conversion_low": f.conversion_rate.ci_low,
+                         "conversion_high": f.conversion_rate.ci_high, "hit_rate_20": f.hit_rate_20.value,
+                         "mrr_20": f.mrr_20.value, "mrr_low": f.mrr_20.ci_low, "mrr_high": f.mrr_20.ci_high})
+    return {"running": running.name if running is not None else None, "rows": rows}
 
 
 def experiment_routes(runtime: StreamRec) -> list[web.RouteDef]:

@@ -19,7 +19,6 @@ import random
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import msgspec
@@ -27,6 +26,7 @@ import pytest
 
 from app.runtime.settings import Settings
 from app.tools.experiments import report
+from app.tools.process import WorkerProcess
 from app.tools.training import sessions_of, user_sequences
 from models.encoder import save_model_version, train_user_encoder
 from models.experiments import assign_arm
@@ -35,6 +35,15 @@ from schemas import topics
 from schemas.events import Browse, OrderItem, Purchase, Recommendation, UserEvent
 from schemas.experiments import CONTROL, TREATMENT, Experiment
 from tests.integration.conftest import private_pipeline, read_topic
+from tests.integration.test_dashboard import (
+    FLAGS,
+    LAYOUT_JS,
+    SETTLE_JS,
+    SNAPSHOT_JS,
+    VIEWPORTS,
+    chromium_binary,
+    figure_problems,
+)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -90,6 +99,36 @@ def experiment_lists(bootstrap: str) -> list[Recommendation]:
     return [_decode_rec(m.value) for m in read_topic(bootstrap, topics.RECOMMENDATIONS) if m.value]
 
 
+def check_dashboard(worker: WorkerProcess, tmp_path: Path) -> None:
+    """The dashboard's per-arm table in Chromium at both sizes: every figure is the document's, and nothing
+    leaves its panel or overlaps (the checks of test_dashboard.py)."""
+    binary = chromium_binary()
+    if binary is None:
+        pytest.fail("Debian's chromium is not installed: scripts/install_test.sh installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(str(tmp_path / "chromium-profile"), executable_path=binary,
+                                                        args=FLAGS, headless=True,
+                                                        viewport={"width": 1400, "height": 1000})
+        try:
+            page = context.new_page()
+            page.goto(f"{worker.url}/dashboard")
+            for width, height in VIEWPORTS:
+                page.set_viewport_size({"width": width, "height": height})
+                shown = page.evaluate(SNAPSHOT_JS)
+                rows = shown["doc"]["experiments"]["rows"]
+                assert [(r["experiment"], r["arm"]) for r in rows] == [(NAME, CONTROL), (NAME, TREATMENT)], rows
+                assert all(r["ctr_low"] < r["ctr"] < r["ctr_high"] for r in rows), rows
+                assert page.locator("#table-experiments tr.experiment-row").count() == 2
+                assert figure_problems(shown["doc"], shown["figures"]) == []
+                page.evaluate(SETTLE_JS)
+                assert page.evaluate(LAYOUT_JS) == []
+                page.screenshot(path=str(tmp_path / f"dashboard-{width}x{height}.png"), full_page=True)
+        finally:
+            context.close()
+
+
 def test_ab_experiment_end_to_end(tmp_path: Path) -> None:
     models = tmp_path / "models"
     control, treatment = build_versions(models)
@@ -119,17 +158,23 @@ def test_ab_experiment_end_to_end(tmp_path: Path) -> None:
         cli("replay", str(replay_file), "--rate", str(RATE), env=env)
         users = {e.user_id for e in stream}
 
-        # every event of every user got its list out, and the feedback stage counted every one of them
+        # every event was taken in, every list is out and the feedback stage counted each one, and all of
+        # that stood still for 5 s (a count can match for a moment while a refresh is still on its way)
+        last: dict[str, object] = {}
+
         def settled() -> list[Recommendation] | None:
+            stats = worker.stats()
             lists = [r for r in experiment_lists(kafka.bootstrap) if r.user_id in users]
-            seen = Counter(r.user_id for r in lists)
-            if set(seen) != users:
-                return None
             arms = worker.get("/experiments").json()["experiments"].get(NAME, {}).get("arms", {})
             counted = sum(arm["lists"] for arm in arms.values())
-            return lists if counted == len(lists) else None
+            now = (stats.get("profile.accepted"), stats.get("refresh.published"), len(lists), counted)
+            if now != last.get("state"):
+                last.update(state=now, since=time.monotonic())
+                return None
+            done = now[0] == len(stream) and now[1] == now[2] == now[3] and {r.user_id for r in lists} == users
+            return lists if done and time.monotonic() - last["since"] >= 5 else None
 
-        lists = wait_for(settled, timeout_s=120, interval_s=2.0)
+        lists = wait_for(settled, timeout_s=120, interval_s=1.0, what="the pipeline to stand still")
         assert isinstance(lists, list)
 
         # no list carries the wrong arm's model version, and the split is the salted hash's
@@ -186,6 +231,8 @@ def test_ab_experiment_end_to_end(tmp_path: Path) -> None:
         live = worker.get("/experiments").json()
         ctr = live["experiments"][NAME]["arms"][CONTROL]["ctr"]
         assert live["running"]["name"] == NAME and ctr["ci_low"] < ctr["value"] < ctr["ci_high"]
+
+        check_dashboard(worker, tmp_path)
 
         # a forgotten user leaves the experiment: their next list is the default version's, with no arm
         forgotten = min(users)

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from app.runtime.counters import totals
 from app.runtime.faust_app import StreamRec
+from app.serving.experiments import dashboard_section
 from models.feedback import WindowMetrics, percentile
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,7 @@ def dashboard_routes(runtime: StreamRec) -> list[web.RouteDef]:
                           "window_s": FRESHNESS_WINDOW_S},
             "quality": quality(recent + open_now),
             "windows_closed": len(runtime.extras.get("feedback_recent", ())),
+            "experiments": dashboard_section(runtime),  # per arm of an online experiment, 95% intervals
             "series": {"events_per_s": list(meter.history),
                        "lag_total": list(runtime.extras.get("lag_history", ())),
                        "freshness_p50_ms": fresh_series["p50_ms"],
