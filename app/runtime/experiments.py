@@ -68,7 +68,7 @@ async def apply_running(services: Services, registry: Registry) -> None:
         return
     try:
         loaded = await asyncio.to_thread(services.load_versions, wanted)
-    except FileNotFoundError as exc:  # the arms' versions must be on every worker's model_dir
+    except (FileNotFoundError, ValueError) as exc:  # the arms' versions must be on every worker's model_dir
         logger.error("experiment %s cannot run on this worker: %s; serving the default model", wanted.name, exc)
         services.end_experiment(error=str(exc))
         return

@@ -21,6 +21,7 @@ from models.encoder import ModelVersion, latest_model_version, load_model_versio
 from models.experiments import assign_arm, version_path
 from models.popularity import Trending
 from models.profile import ProfileParams
+from models.recall import VectorIndex
 from models.recommender import Recommender, RecommenderOptions
 from models.scene import SceneModel
 from schemas.experiments import ARMS, Experiment
@@ -46,7 +47,7 @@ def recall_for(settings: Settings, model: ModelVersion) -> MilvusRecall:
     return recall
 
 
-LoadedVersions = dict[str, tuple[ModelVersion, MilvusRecall]]
+LoadedVersions = dict[str, tuple[ModelVersion, VectorIndex]]
 
 
 @dataclass(frozen=True)
@@ -120,12 +121,14 @@ class Services:
         current = self.recommender
         for version in dict.fromkeys((definition.control, definition.treatment)):
             if current.model is not None and current.recall is not None and current.model.version == version:
-                loaded[version] = (current.model, current.recall)  # type: ignore[assignment]
+                loaded[version] = (current.model, current.recall)
                 continue
             path = version_path(self.settings.model_dir, version)
             if path is None:
                 raise FileNotFoundError(f"model version {version!r} is not under {self.settings.model_dir}")
             model = load_model_version(path, self.settings.encoder_device, self.settings.encoder_gpu_min_batch)
+            if model.version != version:  # lists name the version they were served by: it must be this one
+                raise ValueError(f"folder {path} holds model version {model.version!r}, not {version!r}")
             loaded[version] = (model, recall_for(self.settings, model))
         return loaded
 

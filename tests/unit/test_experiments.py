@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -19,7 +20,9 @@ from app.evaluation.abtest import (
     sample_ratio,
     sum_arms,
 )
-from app.runtime.settings import get_settings
+from app.runtime.services import Services
+from app.runtime.settings import Settings, get_settings
+from models.encoder import ModelVersion
 from models.experiments import (
     Registry,
     assign_arm,
@@ -30,7 +33,10 @@ from models.experiments import (
     version_path,
 )
 from models.feedback import RANK_K, FeedbackParams, FeedbackWindows, UserFeedback, ab_arm
-from schemas.events import Browse, Click, RecItem, Recommendation
+from models.popularity import Trending
+from models.recommender import Recommender
+from models.vectors import ItemVectors
+from schemas.events import Browse, CatalogItem, Click, RecItem, Recommendation
 from schemas.experiments import CONTROL, TREATMENT, Experiment, encode_experiment
 
 MIN = 60_000
@@ -250,3 +256,51 @@ def test_start_refuses_bad_input_in_one_line(tmp_path: Path, monkeypatch: pytest
         get_settings.cache_clear()
     lines = result.output.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"Error: {message}"), result.output
+
+
+# --- one worker serving both arms ----------------------------------------------------------------------------
+
+
+class RecordingRecall:
+    """A vector index that remembers the catalog changes it was given (the worker's recall is Milvus)."""
+
+    def __init__(self) -> None:
+        self.upserts: list[tuple[str, bool]] = []
+
+    def search(self, queries, k, categories=None, exclude=None):
+        return [[] for _ in queries]
+
+    def upsert_item(self, item_id: str, vector, category: str, available: bool) -> None:
+        self.upserts.append((item_id, available))
+
+    def set_available(self, item_id: str, available: bool) -> bool:
+        self.upserts.append((item_id, available))
+        return True
+
+
+def model_version(version: str) -> ModelVersion:
+    vectors = ItemVectors(ids=("i1",), matrix=np.ones((1, 4), np.float32) / 2, index={"i1": 0},
+                          categories={"i1": "c1"}, centroids={"c1": np.ones(4, np.float32) / 2}, version="v")
+    return ModelVersion(version, Path(version), 4, 20, "2026-01-01", vectors, encoder=None)  # type: ignore[arg-type]
+
+
+def test_services_serve_each_arm_with_its_version_and_keep_every_version_current() -> None:
+    default_recall, other_recall = RecordingRecall(), RecordingRecall()
+    default = Recommender(model_version("m-a"), default_recall, Trending())
+    services = Services(settings=Settings(kafka_bootstrap="x:1"), limits=None, params=None,  # type: ignore[arg-type]
+                        scene_model=None, trending=default.trending, recommender=default)  # type: ignore[arg-type]
+    exp = definition(share=0.5)
+    services.install_experiment(exp, {"m-a": (default.model, default_recall),
+                                      "m-b": (model_version("m-b"), other_recall)})
+    running = services.experiment
+    assert running is not None
+    assert running.arms[CONTROL].model_version == "m-a" and running.arms[TREATMENT].model_version == "m-b"
+    assert running.arms[TREATMENT].trending is services.trending  # what is learnt online is shared
+    assert [running.arm_of(f"u{i}") for i in range(50)] == [assign_arm(exp, f"u{i}") for i in range(50)]
+
+    services.apply_catalog([CatalogItem(item_id="i9", category="c1", price=1.0, available=True)])
+    assert default_recall.upserts == [("i9", True)] and other_recall.upserts == [("i9", True)]  # once each
+    services.end_experiment()
+    services.apply_catalog([CatalogItem(item_id="i9", category="c1", price=1.0, available=False)])
+    assert other_recall.upserts == [("i9", True)] and default_recall.upserts[-1] == ("i9", False)
+    assert services.unavailable == {"i9"} and services.experiment is None
