@@ -88,7 +88,11 @@ class LagSampler:
                                         fetch_max_wait_ms=100)
 
     async def start(self) -> LagSampler:
-        await self._consumer.start()
+        try:
+            await self._consumer.start()
+        except BaseException:
+            await self._consumer.stop()  # a failed start leaves the client open
+            raise
         tps = []
         for name in self.topic_names:
             parts = self._consumer.partitions_for_topic(name)
