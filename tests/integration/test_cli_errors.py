@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     full_env.update({"PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})})
-    return subprocess.run([*STREAMREC, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([*STREAMREC, *args], check=False, cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=120)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str, code: int = 1) -> None:
