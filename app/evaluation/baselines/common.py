@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
 
 from models.ranking import Ranked
 from schemas.events import UserEvent, event_items
@@ -112,3 +113,25 @@ class Sessions:
 
     def last(self, user_id: str) -> tuple[str, str] | None:
         return self._current.get(user_id)
+
+
+class _Indexed(Protocol):
+    last_ts: int
+
+
+S = TypeVar("S", bound=_Indexed)
+
+
+def indexed_session(sessions: Sessions, store: dict[tuple[str, str], S], event: UserEvent,
+                    new: Callable[[int], S]) -> tuple[tuple[str, str], S, list[str]] | None:
+    """Assign `event` to its session and, when it has items, return the session's key, the session (made
+    by `new(len(store))` on first sight, its last activity moved to the event) and the items."""
+    key = sessions.assign(event)
+    items = items_of(event)
+    if not items:
+        return None
+    session = store.get(key)
+    if session is None:
+        session = store[key] = new(len(store))
+    session.last_ts = max(session.last_ts, event.ts)
+    return key, session, items

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from models.ranking import RankedList, Ranker, Request
 from schemas.events import UserEvent
 
-from .common import SESSION_GAP_MS, Sessions, TopItems, fill, items_of
+from .common import SESSION_GAP_MS, Sessions, TopItems, fill, indexed_session
 
 REASON = "viewed in sessions like yours"
 
@@ -47,14 +47,10 @@ class SessionKNN(Ranker):
         self._item_sessions: dict[str, list[tuple[str, str]]] = {}
 
     def observe_one(self, event: UserEvent) -> None:
-        key = self._sessions.assign(event)
-        items = items_of(event)
-        if not items:
+        found = indexed_session(self._sessions, self._store, event, lambda _: _Session())
+        if found is None:
             return
-        session = self._store.get(key)
-        if session is None:
-            session = self._store[key] = _Session()
-        session.last_ts = max(session.last_ts, event.ts)
+        key, session, items = found
         for item in items:
             self._popular.add(item)
             if item in session.items:

@@ -49,7 +49,7 @@ from typing import Any, Literal
 from models.ranking import Ranked, RankedList, Ranker, Request
 from schemas.events import UserEvent
 
-from .common import POPULAR, SESSION_GAP_MS, Sessions, TopItems, items_of
+from .common import POPULAR, SESSION_GAP_MS, Sessions, TopItems, indexed_session
 
 Weighting = Literal["linear", "same", "div", "log", "quadratic"]
 Similarity = Literal["vec", "cosine"]
@@ -155,14 +155,10 @@ class VSKNN(Ranker):
     # -- learning -------------------------------------------------------------------------------
 
     def observe_one(self, event: UserEvent) -> None:
-        key = self._sessions.assign(event)
-        items = items_of(event)
-        if not items:
+        found = indexed_session(self._sessions, self._store, event, lambda order: _Session(order=order))
+        if found is None:
             return
-        session = self._store.get(key)
-        if session is None:
-            session = self._store[key] = _Session(order=len(self._store))
-        session.last_ts = max(session.last_ts, event.ts)
+        key, session, items = found
         for item in items:
             self._popular.add(item)
             self._item_events[item] += 1
