@@ -74,7 +74,7 @@ async def refresh_users(runtime: StreamRec, users: list[str], anchor: dict, reco
         return
     states = {u: decode_recstate(runtime.recstate.get(u.encode())) for u in rows}
     services = runtime.loaded_services()
-    retired = frozenset(services.unavailable)  # the catalog's retired items: in no list, whatever brings them
+    retired = services.unavailable  # the catalog's retired items: in no list, whatever brings them
     requests = [UserRequest(decode_profile(raw), frozenset(states[u].shown), retired) for u, raw in rows.items()]
     # Grouped by the model version that serves each user: one encoder call and one recall per group.
     experiment = services.experiment  # one experiment state for the whole micro-batch

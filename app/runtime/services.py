@@ -75,8 +75,9 @@ class Services:
     recommender: Recommender
     model_path: Path | None = None
     # Items the catalog retired. Recall filters them in Milvus, but a user's own items, co-occurrence and
-    # trending bring candidates from elsewhere: the refresh excludes these from every list.
-    unavailable: set[str] = field(default_factory=set)
+    # trending bring candidates from elsewhere: the refresh excludes these from every list. Frozen, and
+    # replaced when the catalog changes (rare), so a refresh micro-batch uses it without copying.
+    unavailable: frozenset[str] = frozenset()
     experiment: RunningExperiment | None = None  # the online experiment this worker serves, if any
     experiment_error: str | None = None  # why the running definition could not be served here
     # Set once the experiments topic has been read to its end at startup (app/runtime/experiments.py):
@@ -166,11 +167,13 @@ class Services:
     def apply_catalog(self, items: list) -> None:
         """Upsert catalog items into recall (own vector, else category centroid) and popularity's map, in
         every model version serving now (an experiment's arms too)."""
+        retired = set(self.unavailable)
         for item in items:
             if item.available:
-                self.unavailable.discard(item.item_id)
+                retired.discard(item.item_id)
             else:
-                self.unavailable.add(item.item_id)
+                retired.add(item.item_id)
+        self.unavailable = frozenset(retired)
         for recommender in self.recommenders():
             model, recall = recommender.model, recommender.recall
             if model is None or recall is None:
