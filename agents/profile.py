@@ -22,7 +22,7 @@ from app.runtime.faust_fixes.batches import acked_only_when_done, in_partition_o
 from app.runtime.ledger import SOURCE_HEADER, bounded, classify, header
 from app.runtime.records import ProfileRow, decode_row, encode_row, encode_users
 from models.experiments import optout_key
-from models.profile import apply_event
+from models.state import fold_event
 from schemas import topics
 from schemas.events import Forget, UserEvent
 
@@ -75,7 +75,7 @@ def register(runtime: StreamRec) -> None:
                             counted[message.partition] = (counted_offsets(runtime, "profile", message.partition)
                                                           .get("events", OffsetRanges()))
                         source = header(message.headers, SOURCE_HEADER)
-                        applied = apply_event(row, record, services.params, services.scene_model)
+                        applied = fold_event(row, record, services.params, services.scene_model, services.trending)
                         if not applied.duplicate:
                             row.ledger[record.event_id] = (source, message.offset)
                         if counts.first_count(event, "events", message.offset, counted[message.partition]):
@@ -83,7 +83,6 @@ def register(runtime: StreamRec) -> None:
                                                        source, message.offset))
                         if applied.duplicate:
                             continue
-                        services.trending.observe_event(record)
                         if applied.scene_switch is not None:
                             switches.append(applied.scene_switch)
                     if forgotten:
