@@ -24,6 +24,7 @@ import msgspec
 from models.decay import DecayingScores
 from models.scene import (
     BROWSING,
+    POST_PURCHASE,
     SceneModel,
     SceneName,
     SceneParams,
@@ -50,6 +51,9 @@ class ProfileParams:
     dedupe_window: int = 256
     max_recent_items: int = 50
     max_categories: int = 32
+    # Bought items remembered (item -> time of its latest order), the newest kept. No age limit: the
+    # cool-down that decides which of them are excluded is read when a list is made (``exclusions``),
+    # not here (see ``_fold_purchase``).
     max_purchased: int = 200
     max_session_categories: int = 64
     min_dt_s: float = 1.0  # decay floor for same-timestamp bursts (models/decay.py, edge case a)
@@ -195,9 +199,22 @@ class UserProfile(msgspec.Struct, kw_only=True):
     def item_weights(self) -> dict[str, float]:
         return {item: entry[0] for item, entry in self.items.items()}
 
-    def exclusions(self) -> frozenset[str]:
-        """Items never to recommend again: the ones bought."""
-        return frozenset(self.purchased)
+    def exclusions(self, now_ms: int, cooldown_s: float) -> frozenset[str]:
+        """Bought items not to list at ``now_ms`` (event time) (DESIGN.md §2.5).
+
+        Two rules: an item bought less than ``cooldown_s`` before ``now_ms`` (``math.inf``: ever
+        bought, as far as ``purchased`` remembers); and while the user is in the post-purchase scene,
+        the items of the order behind it: the latest order, and any item bought since the scene began
+        (several orders in one scene). After the cool-down a bought item is an ordinary history item
+        that the ranker may list again (repeat-purchase goods). The scene rule matters when the
+        cool-down is shorter than the scene; with the 24 h default the cool-down covers it.
+        """
+        horizon_ms = now_ms - cooldown_s * 1000.0
+        out = {item for item, ts in self.purchased.items() if ts > horizon_ms}
+        if self.scene == POST_PURCHASE and self.last_purchase_ts is not None:
+            out.update(item for item, _ in self.last_order)
+            out.update(item for item, ts in self.purchased.items() if ts >= self.scene_since_ms)
+        return frozenset(out)
 
     def last_order_categories(self) -> frozenset[str]:
         """Categories of the latest order: their other items are substitutes in post_purchase."""
@@ -369,6 +386,15 @@ def _fold_purchase(
     ts: int,
     params: ProfileParams,
 ) -> None:
+    """Remember each bought item with the time of its latest order and the order itself.
+
+    ``purchased`` keeps the ``max_purchased`` newest entries. Entries older than the cool-down are
+    not dropped here: which are excluded depends on the cool-down and the moment a list is made, read
+    by the recommender (a setting that may change between runs; the evaluation's
+    ``streamrec_never_relist_bought`` reads the same profile with no end to it). So the bound is the
+    count alone; it changes behaviour only for a user with more than ``max_purchased`` distinct items
+    bought within one cool-down, whose oldest ones may come back early.
+    """
     for item, _ in pairs:
         profile.purchased[item] = max(profile.purchased.get(item, ts), ts)
     if len(profile.purchased) > params.max_purchased:

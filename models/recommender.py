@@ -61,9 +61,15 @@ class RecommenderOptions:
     history_rank_power: float = 0.5
     history_recency_share: float = 0.5
     history_session_power: float = 0.75  # "adaptive": the rank power of a history inside one session
-    # DESIGN.md: a bought item is never listed again. True lets bought items back like any viewed item:
-    # a what-if for that product decision, measured by `streamrec evaluate` (docs/EVALUATION.md), off
-    # in the worker.
+    # DESIGN.md §2.5: a bought item is not listed within this cool-down after its purchase, nor in the
+    # post-purchase scene its order started (``UserProfile.exclusions``); after it, it is an ordinary
+    # history item (repeat purchases). Measured against the profile's clock, the event time of the
+    # state the list is made from: the refresh agent's own ``now_ms`` is wall time, which for a
+    # replayed stream lies far from the events. ``math.inf``: never listed again (the rule before
+    # issue 21). The worker takes it from STREAMREC_BOUGHT_COOLDOWN_S.
+    bought_cooldown_s: float = 24 * 3600.0
+    # True lets bought items back at once like any viewed item (no cool-down, no post-purchase
+    # exclusion): a what-if measured by `streamrec evaluate` (docs/EVALUATION.md), off in the worker.
     relist_bought: bool = False
     # A user with no state at all gets the cold-start list, shared by everyone and recomputed at
     # most once per this much event time, as a trending job would publish it (in-memory state only:
@@ -78,7 +84,7 @@ class UserRequest:
 
     profile: UserProfile
     recently_shown: frozenset[str] = frozenset()
-    exclude: frozenset[str] = frozenset()  # never listed for this request, besides the purchased items
+    exclude: frozenset[str] = frozenset()  # never listed for this request, besides the bought items
 
     @property
     def user_id(self) -> str:
@@ -176,11 +182,12 @@ class Recommender(Ranker):
             profile = request.profile
             candidates = (ann_hits + self._history(profile, vectors) + self._cooccur(profile, vectors)
                           + self._popular(profile, vectors))
+            bought = profile.exclusions(profile.clock_ms, self.options.bought_cooldown_s)
             ctx = RerankContext(
                 scene=scene,
                 category_weights=cw,
                 item_weights=iw,
-                purchased=profile.exclusions() | request.exclude,
+                purchased=bought | request.exclude,
                 excluded=request.exclude if self.options.relist_bought else None,
                 purchased_categories=profile.last_order_categories(),
                 recently_shown=request.recently_shown,

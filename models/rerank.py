@@ -4,8 +4,9 @@ Steps, all deterministic (ties broken by item id):
 
 1. Merge candidates by item id (the most personal source wins: history > ann > category > trending,
    then the higher score; its anchor gives the reason; missing category/vector filled in) and drop
-   the purchased items; in post_purchase also drop (or down-weight) same-category substitutes of the
-   latest order.
+   the excluded bought items (``RerankContext.purchased``: within the cool-down or of the order behind
+   the post-purchase scene); in post_purchase also drop (or down-weight) same-category substitutes of
+   the latest order.
 2. Relevance = a weighted blend, per scene, of the recall score (scaled to [0, 1] within its source:
    divided by the source's best, min-max when negative, as ANN similarities and popularity counts
    are not comparable), popularity (log-scaled), the user's category interest and the user's own
@@ -56,13 +57,13 @@ class RerankContext:
     scene: str
     category_weights: Mapping[str, float]
     item_weights: Mapping[str, float]
-    purchased: frozenset[str]
+    purchased: frozenset[str]  # bought items not to list now (``UserProfile.exclusions``); anchors too
     purchased_categories: frozenset[str]  # categories of the latest order: substitutes in post_purchase
     recently_shown: frozenset[str]
     # item id -> popularity: a mapping, or a batch lookup of many ids at once (``Trending.scores``)
     popularity: Callable[[Sequence[str]], Sequence[float]] | Mapping[str, float]
     now_ms: int
-    # never listed; None: the purchased items (DESIGN.md). Set apart from ``purchased``, which also
+    # never listed; None: ``purchased`` (DESIGN.md). Set apart from ``purchased``, which also
     # says which candidates complement a purchase, for the `relist_bought` what-if (models/recommender.py).
     excluded: frozenset[str] | None = None
 

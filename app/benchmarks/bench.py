@@ -434,7 +434,8 @@ def stage_costs(cfg: BenchConfig, model_dir: Path, workdir: Path, bootstrap: str
     cands = [Candidate(ids[j], float(s), "ann", categories[j] or None, matrix[j], ids[hist[0][-1]])
              for j, s in zip(exact[0][:k], (queries[0] @ matrix[exact[0][:k]].T), strict=True)]
     ctx = RerankContext(scene=profile.scene, category_weights=profile.category_weights(),
-                        item_weights=profile.item_weights(), purchased=profile.exclusions(),
+                        item_weights=profile.item_weights(),
+                        purchased=profile.exclusions(profile.clock_ms, settings.bought_cooldown_s),
                         purchased_categories=profile.last_order_categories(), recently_shown=frozenset(),
                         popularity=trending.scores, now_ms=now_ms)
     out["rerank_users_per_s"] = per_s(1, lambda: rerank(cands, ctx, settings.list_size))

@@ -87,7 +87,8 @@ class Services:
     @classmethod
     def load(cls, settings: Settings) -> Services:
         trending = Trending()
-        options = RecommenderOptions(list_size=settings.list_size, recall_k=settings.recall_k)
+        options = RecommenderOptions(list_size=settings.list_size, recall_k=settings.recall_k,
+                                     bought_cooldown_s=settings.bought_cooldown_s)
         services = cls(settings=settings, limits=Limits.from_settings(settings),
                        params=ProfileParams.from_settings(settings), scene_model=SceneModel(),
                        trending=trending, recommender=Recommender(None, None, trending, options))

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     milvus_token: SecretStr = SecretStr("")
     milvus_collection: str = "streamrec_items"
     recall_k: int = Field(200, ge=1, le=16384)
+    # DESIGN.md §2.5 (models.recommender.RecommenderOptions.bought_cooldown_s; docs/EVALUATION.md measures it).
+    bought_cooldown_s: float = Field(24 * 3600.0, ge=0, description="a bought item is not listed for this long "
+                                     "after its purchase (event time), nor in the post-purchase scene its order "
+                                     "started; after it, it may come back from the user's history; inf = never")
     recall_timeout_s: float = Field(2.0, gt=0, description="deadline of one Milvus recall search (and availability "
                                     "lookup); past it the batch is served from popularity, flagged in reason")
     list_size: int = Field(20, ge=1, le=500)

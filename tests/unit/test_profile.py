@@ -172,7 +172,7 @@ def test_purchase_switches_to_post_purchase_and_excludes() -> None:
         T0 + 2 * MIN,
     )
     assert p.scene == "post_purchase" and p.scene_since_ms == T0 + 2 * MIN
-    assert p.exclusions() == frozenset({"i2", "i9"})
+    assert p.exclusions(p.clock_ms, 24 * 3600.0) == frozenset({"i2", "i9"})
     assert p.last_order_categories() == frozenset({"c1"})
     # the next events within the period do not switch again
     assert apply_event(p, view("e4", T0 + 3 * MIN, "i5", "c7"), PARAMS, SceneModel()).scene_switch is None
