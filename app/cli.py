@@ -205,12 +205,23 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results as JSON")] = None,
     report: Annotated[Path | None, typer.Option(help="write a Markdown report (and PNG) here")] = None,
     baselines_only: Annotated[bool, typer.Option(help="skip StreamRec and its ablations")] = False,
+    systems: Annotated[str | None, typer.Option(help="comma-separated system names: only these "
+                                                "(default: every one)")] = None,
 ) -> None:
     """Streaming evaluation on real data: time split, score each event's item against the list served."""
-    from app.evaluation.command import evaluate_command
+    from app.evaluation.command import evaluate_command, system_names
 
+    names = None if systems is None else [name.strip() for name in systems.split(",") if name.strip()]
+    if names is not None:
+        known = system_names()
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            raise typer.BadParameter(f"unknown systems {', '.join(unknown) or '(none given)'}; "
+                                     f"known: {', '.join(known)}", param_hint="--systems")
+        if baselines_only and any(name.startswith("streamrec") for name in names):
+            raise typer.BadParameter("--baselines-only skips the streamrec systems named", param_hint="--systems")
     _need_events(data)
-    result = evaluate_command(data, json_out, report, baselines_only=baselines_only)
+    result = evaluate_command(data, json_out, report, baselines_only=baselines_only, systems=names)
     for name, system in result.systems.items():
         typer.echo(f"{name:22s} HR@{result.k} {100 * (system.warm[f'hr@{result.k}'] or 0):6.2f}%  "
                    f"MRR@{result.k} {100 * (system.warm[f'mrr@{result.k}'] or 0):6.2f}%")

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 from app.evaluation.baselines import baseline_factories
 from app.evaluation.evaluate import EvaluationResult, load_events, run_evaluation, write_json, write_report
 from app.evaluation.scenes import scene_notes
-from app.evaluation.systems import SharedModel, all_systems
+from app.evaluation.systems import VARIANTS, SharedModel, all_systems
+
+
+def system_names() -> list[str]:
+    """Every system `streamrec evaluate` can run: StreamRec's configurations, then the baselines."""
+    return [*(variant.name for variant in VARIANTS), *baseline_factories()]
 
 
 def evaluate_command(
@@ -17,23 +23,33 @@ def evaluate_command(
     report: Path | None,
     *,
     baselines_only: bool = False,
+    systems: Sequence[str] | None = None,
     train_fraction: float | None = None,
     eval_days: float | None = None,
     progress: bool = True,
 ) -> EvaluationResult:
-    """Evaluate, then write the JSON and the report when asked; the report adds the scene-model comparison."""
+    """Evaluate, then write the JSON and the report when asked; the report adds the scene-model comparison.
+
+    ``systems``: only these (names from ``system_names``), e.g. to measure a few StreamRec
+    configurations without replaying every baseline again; None: all (or the baselines only)."""
     command = f"streamrec evaluate --data {data}"
     command += f" --json {json_out}" if json_out is not None else ""
     command += f" --report {report}" if report is not None else ""
     command += " --baselines-only" if baselines_only else ""
+    command += f" --systems {','.join(systems)}" if systems is not None else ""
     shared = SharedModel()
     try:
-        systems = baseline_factories() if baselines_only else all_systems(shared)
-        result = run_evaluation(Path(data), systems, train_fraction=train_fraction, eval_days=eval_days,
+        chosen = baseline_factories() if baselines_only else all_systems(shared)
+        if systems is not None:
+            unknown = [name for name in systems if name not in chosen]
+            if unknown:
+                raise ValueError(f"unknown systems {', '.join(unknown)}; known: {', '.join(chosen)}")
+            chosen = {name: chosen[name] for name in systems}
+        result = run_evaluation(Path(data), chosen, train_fraction=train_fraction, eval_days=eval_days,
                                 progress=progress, command=command)
     finally:
         shared.close()
-    if not baselines_only:
+    if any(name.startswith("streamrec") for name in result.systems):
         events, _ = load_events(Path(data))
         notes = [*scene_notes(events),
                  f"StreamRec model training (item2vec + encoder + Milvus load): {shared.train_seconds:.1f} s."]

@@ -18,8 +18,8 @@ Decisions (also in the report):
 - per-scene groups use the scene reported by the reference system (StreamRec when present), so every
   system is compared on the same events in each scene;
 - per-target groups say what the scored item was to its user before the event: ``bought`` (the user
-  bought it earlier), ``seen`` (touched earlier, not bought) or ``new``; StreamRec never lists a
-  bought item (DESIGN.md), a baseline may, and this is where that shows.
+  bought it earlier), ``seen`` (touched earlier, not bought) or ``new``; StreamRec lists a bought
+  item only after its cool-down (DESIGN.md §2.5), a baseline at any time, and this is where that shows.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ JSON_SYSTEM_ORDER = (
     "streamrec_no_scene",
     "streamrec_no_encoder",
     "streamrec_no_resurface",
+    "streamrec_never_relist_bought",
     "streamrec_relist_bought",
 )
 

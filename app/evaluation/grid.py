@@ -4,6 +4,8 @@ Each entry makes a ``models.ranking.Ranker`` from the run's shared model (``Shar
 another system's hyperparameters is one more entry here. The StreamRec entries are the blends of the
 search recorded in docs/EVALUATION.md ("How the re-rank blend was chosen"), by the names used there:
 each is (``RecommenderOptions`` overrides: how history candidates are ordered, ``RerankParams``).
+The configurations `streamrec evaluate` runs (``VARIANTS``: the full system, its ablations and the
+bought-item rules) are here under their report names too.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import dataclasses
 from collections.abc import Callable
 
 from app.evaluation.baselines import BASELINES, VSKNN
-from app.evaluation.systems import LIST_SIZE, SharedModel, Variant, streamrec_ranker
+from app.evaluation.systems import LIST_SIZE, VARIANTS, SharedModel, Variant, streamrec_ranker
 from models.ranking import Ranker
 from models.recommender import RecommenderOptions
 from models.rerank import DESIGNED_PARAMS, RerankParams
@@ -157,8 +159,13 @@ def _vsknn(name: str, options: dict) -> Config:
     return lambda shared: VSKNN(name=name, **options)
 
 
+def _variant(variant: Variant) -> Config:
+    return lambda shared: streamrec_ranker(variant, shared)
+
+
 GRID: dict[str, Config] = {
     **{name: (lambda shared, make=make: make()) for name, make in BASELINES.items()},
+    **{variant.name: _variant(variant) for variant in VARIANTS},
     **{name: _blend(name, overrides, params) for name, (overrides, params) in BLENDS.items()},
     **{name: _vsknn(name, options) for name, options in VSKNN_CONFIGS.items()},
 }

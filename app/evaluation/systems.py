@@ -12,8 +12,11 @@ for trending), ``streamrec_no_scene`` has no scene model (rules only) and re-ran
 browsing, ``streamrec_no_encoder`` queries Milvus with the interest-weighted mean of the recent item
 vectors instead of the learned encoder, ``streamrec_no_resurface`` never lists an item of the user's
 earlier events (training period included), like the bought items: what re-surfacing viewed items is
-worth. ``streamrec_relist_bought`` is not an ablation but a what-if for a product decision: bought
-items allowed back in the list like any viewed item (DESIGN.md never lists them).
+worth. Bought items (DESIGN.md §2.5): the full system keeps one out of the list for a cool-down after
+its purchase (24 h) and in the post-purchase scene its order started, then lets it back;
+``streamrec_never_relist_bought`` never lists a bought item again (the rule before issue 21), and
+``streamrec_relist_bought`` lists them at once like any viewed item (no exclusion at all: the
+other end, a what-if).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -134,7 +138,8 @@ class Variant:
     use_scene: bool = True
     use_encoder: bool = True
     resurface: bool = True  # False: items of the user's earlier events are never listed
-    relist_bought: bool = False  # True: bought items may be listed again (a what-if; DESIGN.md forbids it)
+    relist_bought: bool = False  # True: bought items listed again at once (a what-if; DESIGN.md forbids it)
+    bought_cooldown_s: float | None = None  # None: the options' cool-down (24 h); math.inf: never again
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -143,6 +148,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("streamrec_no_scene", use_scene=False),
     Variant("streamrec_no_encoder", use_encoder=False),
     Variant("streamrec_no_resurface", resurface=False),
+    Variant("streamrec_never_relist_bought", bought_cooldown_s=math.inf),
     Variant("streamrec_relist_bought", relist_bought=True),
 )
 
@@ -165,6 +171,8 @@ def streamrec_ranker(
     options = dataclasses.replace(options or RecommenderOptions(list_size=LIST_SIZE),
                                   use_scene=variant.use_scene, use_encoder=variant.use_encoder,
                                   relist_bought=variant.relist_bought)
+    if variant.bought_cooldown_s is not None:
+        options = dataclasses.replace(options, bought_cooldown_s=variant.bought_cooldown_s)
     recommender = Recommender(
         None, None, Trending(half_life_s=half_life_s), options, rerank_params or RerankParams(),
         state=UserStates(params, SceneModel() if variant.use_scene else None), trainer=trainer, name=variant.name)

@@ -270,3 +270,26 @@ def test_baselines_on_the_real_two_hour_file() -> None:
     assert hr["user_pop"] > hr["popularity"]
     assert hr["item_knn"] > hr["popularity"]
     assert hr["session_knn"] > hr["popularity"]
+
+
+def test_command_runs_only_the_systems_named(tmp_path: Path) -> None:
+    """`--systems`: a few systems measured without replaying the others; unknown names are refused."""
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    data = tmp_path / "events.csv"
+    data.write_text(
+        "user_id,item_id,category_id,behavior_type,timestamp\n" + "\n".join(_taobao_rows()) + "\n"
+    )
+    out = tmp_path / "eval.json"
+    result = evaluate_command(data, out, None, systems=["user_pop", "popularity"], progress=False)
+    payload = json.loads(out.read_text())
+    assert list(payload["systems"]) == ["popularity", "user_pop"]  # report order
+    assert payload["command"].endswith("--systems user_pop,popularity")
+    assert result.systems["user_pop"].warm == run_evaluation(data, progress=False).systems["user_pop"].warm
+    with pytest.raises(ValueError, match="nonesuch"):
+        evaluate_command(data, None, None, systems=["nonesuch"], progress=False)
+    refused = CliRunner().invoke(cli, ["evaluate", "--data", str(data), "--systems", "user_pop,nonesuch"])
+    assert refused.exit_code == 2 and "nonesuch" in refused.output
+    assert "streamrec_never_relist_bought" in refused.output  # the known names are listed

@@ -80,7 +80,7 @@ def test_tune_refuses_an_unknown_configuration(tmp_path: Path) -> None:
     assert "nonesuch" in result.output
 
 
-@pytest.mark.parametrize("name", ["designed", "AD_p075", "session_knn"])
+@pytest.mark.parametrize("name", ["designed", "AD_p075", "session_knn", "streamrec_never_relist_bought"])
 def test_grid_entries_build_rankers(name: str) -> None:
     from app.evaluation.grid import GRID
     from app.evaluation.systems import SharedModel
