@@ -21,6 +21,7 @@ import httpx
 import orjson
 import pytest
 
+from app.runtime.records import decode_users
 from app.runtime.settings import Settings
 from app.tools.process import WorkerProcess
 from models.profile import ProfileParams, UserProfile, apply_event, event_kind, new_profile
@@ -146,7 +147,8 @@ def test_sigkill_at_random_moments_loses_and_double_counts_nothing(cluster: Clus
             problems.append("purchased set != generated")
         if problems:
             bad[user] = problems
-    assert not bad, f"{len(bad)} users differ, e.g. {list(bad.items())[:3]}\n{explain_order(cluster, final, bad)}"
+    assert not bad, (f"{len(bad)} users differ, e.g. {list(bad.items())[:3]}\n{explain_order(cluster, final, bad)}\n"
+                     f"{explain_unrefreshed(cluster, [u for u, p in bad.items() if p == ['no stored profile']])}")
 
     # Versions strictly increasing per user, in log order.
     versions: dict[str, list[int]] = defaultdict(list)
@@ -184,6 +186,30 @@ def explain_missing(cluster: Cluster, missing: set[str], extra: set[str], stats:
     return (f"{len(missing)} sent events never reached streamrec.events (e.g. {sorted(missing)[:5]}), "
             f"dead-lettered: {dict(reasons)}, not found anywhere: {len(missing) - sum(reasons.values())}; "
             f"{len(extra)} unexpected; worker stats {stats}")
+
+
+def explain_unrefreshed(cluster: Cluster, users: list[str], most: int = 5) -> str:
+    """For users the refresh never stored: the streamrec.refresh messages that listed them, the lists
+    published for them, and the worker group's committed offsets on streamrec.refresh, so a failure says
+    whether the refresh message was never written, committed over unprocessed, or processed without a list."""
+    if not users:
+        return ""
+    try:
+        wanted = set(sorted(users)[:most])
+        listed: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for message in cluster.read_topic(topics.REFRESH):
+            for user in decode_users(message.value):
+                if user in wanted:
+                    listed[user].append((message.partition, message.offset))
+        lists = Counter(orjson.loads(m.value)["user_id"] for m in cluster.read_topic(topics.RECOMMENDATIONS)
+                        if m.value and orjson.loads(m.value)["user_id"] in wanted)
+        committed = {f"{tp.topic}/{tp.partition}": offsets for tp, offsets in cluster.group_offsets().items()
+                     if tp.topic == topics.REFRESH}
+        return "\n".join([f"{u}: listed on streamrec.refresh at (partition, offset) {listed.get(u, [])[:10]}, "
+                          f"{lists.get(u, 0)} lists published" for u in sorted(wanted)]
+                         + [f"streamrec.refresh (committed, highwater): {committed}"])
+    except Exception as exc:  # noqa: BLE001 - a diagnosis must never hide the failure it explains
+        return f"explain_unrefreshed failed: {exc!r}"
 
 
 def explain_order(cluster: Cluster, worker: WorkerProcess, users: Iterable[str], most: int = 3) -> str:
