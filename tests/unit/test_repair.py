@@ -121,6 +121,38 @@ def test_the_consumer_does_not_commit_over_a_fetched_record_that_nobody_acknowle
     assert consumer.fetched.runs(tp) == []  # forgotten once committed
 
 
+def test_with_nothing_committed_the_first_fetched_record_is_the_head_commits_wait_for() -> None:
+    """Fault 19: a partition of a new group has no committed offset, and Faust then commits the first run of
+    acknowledged offsets whatever lies below it (records a rebalance dropped, or a failed batch)."""
+    consumer = build_runtime(Settings(kafka_bootstrap="127.0.0.1:9", app_id="repair-unit")).app.consumer
+    consumer.app.topics.acks_enabled_for = lambda topic: True
+    tp = TP("t", 0)
+    consumer.fetched.add(tp, range(7))
+    for offset in (3, 4, 5, 6):
+        message = _consumer_message(offset)
+        message.tracked = True
+        assert consumer.ack(message)  # nothing committed: Faust records every ack
+    assert consumer._committed_offset[tp] is None
+    assert FaustConsumer._new_offset(consumer, tp) == 7  # Faust alone: 0-2 committed over
+    consumer._acked[tp], consumer._acked_index[tp] = [3, 4, 5, 6], {3, 4, 5, 6}
+    assert consumer._new_offset(tp) is None  # 0 is the head: wait for it
+    for offset in (0, 1, 2):
+        done = _consumer_message(offset)
+        done.tracked = True
+        consumer.ack(done)
+    assert consumer._new_offset(tp) == 7
+
+
+def test_with_nothing_committed_a_hole_starts_at_the_first_fetched_record() -> None:
+    fetched = FetchedOffsets()
+    fetched.add("a", range(10))
+    fetched.add("b", range(4, 8))
+    fetched.add("c", range(20, 25))
+    found = holes({"a": None, "b": 0}, {"a": [5, 6], "b": [4, 5]}, [], fetched)
+    # "c" is in no committed map at all (nothing of it acknowledged): its fetched records are the hole
+    assert found == {"a": Hole(0, 5, in_flight=False), "c": Hole(20, 25, in_flight=False)}
+
+
 class _SeekRecordingThread(QueueServiceThread):
     """A real mode service thread (what Faust runs aiokafka in) that records where `seek` ran."""
 

@@ -101,10 +101,12 @@ class NoCommitOverFetchedRecord(FetchTracking):
 
     def _new_offset(self, tp: TP) -> int | None:
         """Faust's next commit offset, which takes a single missing offset at the head of the acks for a
-        non-data offset, except where that offset was fetched: then it is a record, and the commit waits."""
-        committed = self._committed_offset[tp]
-        if (committed and self._acked[tp] and committed not in self._acked_index[tp]
-                and self.fetched.holds(tp, committed)):
+        non-data offset, except where that offset was fetched: then it is a record, and the commit waits.
+        Fault 19: with nothing committed yet Faust checks no head at all; the head is then the first
+        record fetched, and the commit waits for it the same way."""
+        head = self._committed_offset[tp] or self.fetched.first(tp)
+        if (head is not None and self._acked[tp] and head not in self._acked_index[tp]
+                and self.fetched.holds(tp, head)):
             return None
         offset = super()._new_offset(tp)
         if offset is not None:
@@ -147,8 +149,10 @@ class RepairBlockedPartitions(CommitGate, FetchTracking):
 
         def blocked() -> dict[TP, Hole]:
             found = holes(self._committed_offset, self._acked, self._in_flight(), self.fetched, self._queued())
-            # a partition Faust paused (table recovery, flow control) is not read on purpose
-            return {tp: hole for tp, hole in found.items() if tp in assigned and tp not in self._paused_partitions}
+            # a partition Faust paused (table recovery, flow control) is not read on purpose; a table's
+            # changelog is read by recovery, whose records no stream acknowledges
+            return {tp: hole for tp, hole in found.items() if tp in assigned and tp not in self._paused_partitions
+                    and self.app.topics.acks_enabled_for(tp.topic)}
 
         found = blocked()
         if any(hole.in_flight for hole in found.values()):

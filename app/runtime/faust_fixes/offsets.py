@@ -53,6 +53,14 @@ class FetchedOffsets:
     def runs(self, tp: Any) -> list[list[int]]:
         return self._runs.get(tp, [])
 
+    def first(self, tp: Any) -> int | None:
+        """The lowest fetched offset not yet committed over: with nothing committed, the partition's head."""
+        runs = self._runs.get(tp)
+        return runs[0][0] if runs else None
+
+    def partitions(self) -> list[Any]:
+        return [tp for tp, runs in self._runs.items() if runs]
+
     def holds(self, tp: Any, offset: int) -> bool:
         return any(first <= offset <= last for first, last in self.runs(tp))
 
@@ -80,7 +88,8 @@ def holes(committed: Mapping[Any, int | None], acked: Mapping[Any, Sequence[int]
           queued: Iterable[Any] = ()) -> dict[Any, Hole]:
     """Partitions whose next commit is blocked, as `NoCommitOverFetchedRecord._new_offset` sees them.
 
-    `committed` is Faust's next offset to read per partition, `acked` its acknowledged offsets not yet
+    `committed` is Faust's next offset to read per partition (None or 0: nothing committed yet, and the
+    head is then the first record fetched, fault 19), `acked` its acknowledged offsets not yet
     committed, `in_flight` the (partition, offset) of messages delivered and not acknowledged yet,
     `fetched` the offsets the fetch loop returned, `queued` the partitions with a message waiting in a
     stream queue. A partition is blocked when its first acknowledged offset is
@@ -95,8 +104,9 @@ def holes(committed: Mapping[Any, int | None], acked: Mapping[Any, Sequence[int]
     waiting = set(queued)
     known = fetched if fetched is not None else FetchedOffsets()
     found: dict[Any, Hole] = {}
-    for tp, start in committed.items():
-        if not start:  # Faust does not block on an unknown or zero committed offset
+    for tp in {**dict.fromkeys(committed), **dict.fromkeys(known.partitions())}:
+        start = committed.get(tp) or known.first(tp)
+        if start is None:
             continue
         start_fetched = known.holds(tp, start)
         offsets = acked.get(tp)
