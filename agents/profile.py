@@ -3,7 +3,8 @@
 The dedupe memory (recent event ids) lives inside the profile value, so a single changelog write
 covers both: a crash can never persist one without the other. Each user's row is decoded once and
 encoded once per batch (app/runtime/records.py). Users touched by a batch are handed to the refresh
-agent as one message per partition, not one per event.
+agent as one message per partition, not one per event. Each user's newly accepted events also feed the
+feedback stage (app/runtime/feedback.py) from this batch, so nothing reads `streamrec.events` twice.
 """
 
 from __future__ import annotations
@@ -31,14 +32,16 @@ OPTED_OUT = b'{"experiments": "opted out"}'
 
 
 async def forget(runtime: StreamRec, user_id: str, event: EventT) -> None:
-    """Erase a user's rows (changelog tombstones), store rows, and compacted recommendation lists; the user
-    leaves online experiments for good (a marker keyed by a digest of the id, models/experiments.py)."""
+    """Erase a user's rows (changelog tombstones; the feedback row too), store rows, and compacted
+    recommendation lists; the user leaves online experiments for good (a marker keyed by a digest of
+    the id, models/experiments.py)."""
     key = user_id.encode()
     with in_partition_of(event):
         for table in (runtime.profiles, runtime.recstate):
             if key in table:
                 del table[key]
         runtime.recstate[optout_key(user_id)] = OPTED_OUT
+    runtime.feedback_stage.forget(user_id, event)
     await (await runtime.store()).forget_user(user_id)
     await runtime.topics[topics.RECOMMENDATIONS].send(key=key, value=None)
 
@@ -63,12 +66,15 @@ def register(runtime: StreamRec) -> None:
                 for user_id, events in by_user.items():
                     key = user_id.encode()
                     row = decode_row(runtime.profiles.get(key), user_id)
-                    forgotten = False
+                    forgotten = erased = False
+                    accepted: list[tuple[UserEvent, EventT]] = []  # for the feedback stage
                     for event in events:
                         message = event.message
                         record = _decode(event.value)
                         if isinstance(record, Forget):
                             row, forgotten = ProfileRow(user_id=user_id), True
+                            erased = True
+                            accepted.clear()
                             continue
                         forgotten = False
                         if message.partition not in counted:
@@ -83,6 +89,7 @@ def register(runtime: StreamRec) -> None:
                                                        source, message.offset))
                         if applied.duplicate:
                             continue
+                        accepted.append((record, event))
                         if applied.scene_switch is not None:
                             switches.append(applied.scene_switch)
                     if forgotten:
@@ -91,6 +98,7 @@ def register(runtime: StreamRec) -> None:
                     with in_partition_of(events[-1]):
                         row.ledger = bounded(row.ledger, row.recent_event_ids)  # same write as the ring
                         runtime.profiles[key] = encode_row(row)
+                    runtime.feedback_stage.on_events(user_id, accepted, restart=erased)
                     to_refresh[events[-1].message.partition].append(user_id)
                 counts.flush(runtime)
                 sent = [await refresh_topic.send(key=b"users", value=encode_users(users), partition=partition)

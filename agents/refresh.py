@@ -6,7 +6,9 @@ burst is refreshed once. `version` is max(previous + 1, generated_at): strictly 
 also after a crash that lost the last version written.
 
 Each profile row is read and decoded once; its bytes go to the store as the snapshot's payload as
-they are, and each list is encoded once, the same bytes going to Kafka and to the store.
+they are, and each list is encoded once, the same bytes going to Kafka and to the store. The lists
+feed the feedback stage (app/runtime/feedback.py) as records, before they are sent: the worker does
+not read `reco.recommendations` back.
 
 While an online experiment runs, the micro-batch is split by arm (a salted hash of the user id,
 models/experiments.py) and each arm's users are encoded, recalled and ranked with that arm's model
@@ -21,6 +23,7 @@ import time
 import uuid
 
 import faust
+from faust.types import EventT
 
 from app.runtime.counters import BatchCounts
 from app.runtime.faust_app import StreamRec
@@ -67,7 +70,8 @@ def register(runtime: StreamRec) -> None:
 
 
 async def refresh_users(runtime: StreamRec, users: list[str], anchor: dict, recommendations: faust.TopicT) -> None:
-    """Encode, recall and re-rank one micro-batch of users; publish, remember and store their lists."""
+    """Encode, recall and re-rank one micro-batch of users; publish, remember and store their lists, and
+    feed them to the feedback stage."""
     # Read when the micro-batch starts: a user forgotten since has no row and gets no list.
     rows = {u: raw for u in users if (raw := runtime.profiles.get(u.encode()))}
     if not rows:
@@ -96,7 +100,7 @@ async def refresh_users(runtime: StreamRec, users: list[str], anchor: dict, reco
                    for request, result in zip(group, results, strict=True)]
     generated_at = int(time.time() * 1000)
     counts = BatchCounts("refresh")
-    sent, lists = [], []
+    built: list[tuple[Recommendation, EventT]] = []
     for request, result, model_version, name, arm in served:
         user_id, state = result.user_id, states[result.user_id]
         version = max(state.version + 1, generated_at)
@@ -114,11 +118,15 @@ async def refresh_users(runtime: StreamRec, users: list[str], anchor: dict, reco
         counts.add(anchor[user_id], "published")
         if result.fallback:
             counts.add(anchor[user_id], "fallback")
-        encoded = EncodedRecommendation.of(record)
-        lists.append(encoded)
-        sent.append(await recommendations.send(key=user_id.encode(), value=encoded.raw))
+        built.append((record, anchor[user_id]))
+    # Before the first await: a user's next event can only answer a list the feedback stage holds.
+    new_lists = runtime.feedback_stage.on_lists(built)
+    lists = [EncodedRecommendation.of(record) for record, _ in built]
+    sent = [await recommendations.send(key=encoded.record.user_id.encode(), value=encoded.raw)
+            for encoded in lists]
     counts.flush(runtime)
     store = await runtime.store()
     await store.put_recommendations(lists)
     await store.put_profiles([snapshot(r.profile, rows[r.profile.user_id], generated_at) for r in requests])
     await asyncio.gather(*sent)
+    runtime.feedback_stage.published(new_lists)  # on Kafka: the list counter and freshness histogram

@@ -1,7 +1,8 @@
 """Feedback metrics (DESIGN.md §2.7): attribute interactions to served lists, aggregate in event-time windows.
 
-Pure logic, no Kafka: the feedback agent feeds it recommendation lists and user events of one user at a
-time (both topics are keyed by user_id and co-partitioned) and publishes what `close` returns.
+Pure logic, no Kafka: the feedback stage (app/runtime/feedback.py) feeds it the lists the refresh agent
+builds and the events the profile agent accepts, one user's state at a time (a user's lists and
+events meet in one partition), and the feedback timer publishes what `close` returns.
 
 Decisions (written down because the contract is silent):
 - Event time of a list is its ``source_ts`` (the newest event it reflects), so lists and interactions

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 
 from app.runtime.faust_fixes import app_class
+from app.runtime.feedback import FeedbackStage, stage_for
 from app.runtime.kafka import ssl_context
 from app.runtime.settings import Settings
 from schemas import topics
@@ -39,7 +40,7 @@ class StreamRec:
     profiles: faust.Table  # app.runtime.records.ProfileRow per user
     recstate: faust.Table  # app.runtime.records.RecState per user
     stats: faust.Table  # pipeline counters (app/runtime/counters.py)
-    feedback: faust.Table  # per-user attribution state of the feedback agent (models/feedback.py)
+    feedback: faust.Table  # per-user attribution state of the feedback stage (models/feedback.py)
     services: Services | None = None  # attached by the worker before Faust starts any agent
     # What agents and samplers leave for the dashboard (feedback windows, freshness, lag samples),
     # by the names their writers give; nothing on the hot path reads it.
@@ -47,6 +48,11 @@ class StreamRec:
     http: web.AppRunner | None = None  # the worker's HTTP server, once started
     _store: Store | None = None
     _store_opened: asyncio.Event = field(default_factory=asyncio.Event)
+    # Fed by the profile and refresh agents; its windows are published by agents/feedback.py's timer.
+    feedback_stage: FeedbackStage = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.feedback_stage = stage_for(self)
 
     def loaded_services(self) -> Services:
         """The services, for an agent: the worker attaches them before any agent runs."""

@@ -72,11 +72,11 @@ def build_worker_runtime(settings: Settings) -> StreamRec:
     async def user_state(request: web.Request) -> web.Response:
         """This worker's table rows for a user (operators and tests; 404 when it holds none)."""
         key = request.match_info["user_id"].encode()
-        profile_row, rec_row = runtime.profiles.get(key), runtime.recstate.get(key)
-        if profile_row is None and rec_row is None:
+        rows = {"profile": runtime.profiles.get(key), "recstate": runtime.recstate.get(key),
+                "feedback": runtime.feedback.get(key)}  # feedback: the user's attribution state
+        if all(row is None for row in rows.values()):
             return web.json_response({"error": "no state for this user on this worker"}, status=404)
-        return web.json_response({"profile": orjson.loads(profile_row) if profile_row else None,
-                                  "recstate": orjson.loads(rec_row) if rec_row else None})
+        return web.json_response({name: orjson.loads(row) if row else None for name, row in rows.items()})
 
     @runtime.app.task
     async def startup() -> None:

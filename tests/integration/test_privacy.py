@@ -24,7 +24,7 @@ def test_forget_user_leaves_nothing_behind(worker, kafka, broker) -> None:
                               category="c1") for u in (user, other) for i in range(3)])
     for u in (user, other):
         kafka.recommendations(u, lambda recs: bool(recs))
-        wait_for(lambda u=u: worker.get(f"/users/{u}/state").status_code == 200)
+        wait_for(lambda u=u: (worker.get(f"/users/{u}/state").json().get("feedback") or {}).get("lists"))
 
     db = worker.data_dir / "streamrec.db"
     env = {"STREAMREC_SQLITE_PATH": str(db), "STREAMREC_KAFKA_BOOTSTRAP": broker.bootstrap}
@@ -32,7 +32,7 @@ def test_forget_user_leaves_nothing_behind(worker, kafka, broker) -> None:
                           env={**__import__("os").environ, **env}, timeout=60)
     assert done.returncode == 0, done.stderr
 
-    wait_for(lambda: worker.get(f"/users/{user}/state").status_code == 404)
+    wait_for(lambda: worker.get(f"/users/{user}/state").status_code == 404)  # feedback row included
 
     async def in_store(u: str) -> tuple:
         store = await SqliteStore.open(db, 0)
