@@ -13,15 +13,23 @@ Steps, all deterministic (ties broken by item id):
    recent interest in the item. Viewed-but-not-bought items may come back: that weight is tunable,
    not an exclusion. Shopping adds a boost for the user's current top categories. Recently shown
    items are multiplied by ``shown_penalty``.
-3. MMR: pick ``argmax lambda * rel - (1 - lambda) * max_sim(picked)`` where sim is the cosine of the
-   vectors when both have one, else 1 for the same category. Browsing uses a low lambda (diverse),
-   shopping a high one (focused).
-4. Cold start: with no personal signal at all (no interests, only trending/category candidates) the
+3. Diversity, after the first ``diversity_head`` items, which stay in relevance order (the top few
+   carry most of the hits, so diversifying only below them costs least): either category coverage
+   (each further item of a category already listed has its relevance multiplied by
+   ``category_decay``, one sort, no item vectors needed) or MMR (pick ``argmax lambda * rel -
+   (1 - lambda) * max_sim(picked)`` where sim is the cosine of the vectors when both have one, else 1
+   for the same category).
+4. Scene strategies (``RerankParams``, docs/EVALUATION.md "Scene strategies and diversity"): browsing
+   explores (category coverage on, a little more popularity), shopping focuses on the user's current
+   categories (``focus_boost``; the Taobao data has no prices, so there is no price band yet),
+   post-purchase shows complements of the order (``complement``) and never its substitutes.
+5. Cold start: with no personal signal at all (no interests, only trending/category candidates) the
    list is popularity with category diversity.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -85,32 +93,51 @@ class SceneWeights:
     history: float = 0.0  # the user's own items (recency x frequency, ``history`` candidates)
     cooccur: float = 0.0  # session co-occurrence with the user's recent items (``cooccur`` candidates)
     ann: float = 0.0  # encoder/vector similarity (``ann`` candidates)
+    # Category coverage: each further item of a category already listed has its relevance multiplied
+    # by this (1 = off). One diversity method at a time: coverage or MMR (``mmr_lambda`` < 1).
+    category_decay: float = 1.0
+    diversity_head: int = 0  # the first items kept in relevance order; diversity re-orders the rest
+    # Added for items recalled from a bought item (its co-occurring or similar items): complements.
+    complement: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.category_decay <= 1.0:
+            raise ValueError(f"category_decay {self.category_decay} outside [0, 1]")
+        if self.category_decay < 1.0 and self.mmr_lambda < 1.0:
+            raise ValueError("one diversity method at a time: category_decay < 1 or mmr_lambda < 1")
+        if self.diversity_head < 0:
+            raise ValueError(f"diversity_head {self.diversity_head} < 0")
+
+
+# The evidence blend every warm scene shares, chosen on validation splits of the TRAINING periods of
+# BOTH Taobao files (the last quarter of each; never the evaluated days) with `streamrec tune`
+# (docs/EVALUATION.md, "How the re-rank blend was chosen"): the user's own items and session
+# co-occurrence carry the ranking; the raw decayed item weight (``item``) costs MRR, so it is off.
+# How history candidates are ordered is a RecommenderOptions choice (history_order).
+_EVIDENCE = SceneWeights(
+    recall=0.2, popularity=0.05, category=0.1, item=0.0, focus_boost=0.0, mmr_lambda=1.0,
+    substitute_factor=1.0, history=3.0, cooccur=2.0, ann=0.2,
+)
+
+# The scene strategies (below): each scene is the evidence blend plus its own settings.
+_BROWSING = dataclasses.replace(_EVIDENCE, popularity=0.1, category_decay=0.6, diversity_head=5)
+_SHOPPING = dataclasses.replace(_EVIDENCE, focus_boost=0.3)
+_POST_PURCHASE = dataclasses.replace(_EVIDENCE, substitute_factor=0.0, complement=0.5)
 
 
 @dataclass(frozen=True, slots=True)
 class RerankParams:
-    """Per-scene weights. Browsing explores (popularity, diversity), shopping focuses on the current
-    categories and on items already viewed, post_purchase looks for complements of the order."""
+    """Per-scene weights (DESIGN.md §2.3, §2.6): the scenes share the evidence blend and differ in
+    strategy. Browsing explores: category coverage below the top items, a little more popularity.
+    Shopping focuses: a boost for the user's current top categories (no price band: the data has no
+    prices). Post-purchase shows complements of the order and never its substitutes (items of the
+    order's categories are excluded; the bought items themselves by ``RerankContext.purchased``).
+    Strengths chosen from the accuracy-diversity trade-off measured with `streamrec tune`
+    (docs/EVALUATION.md, "Scene strategies and diversity")."""
 
-    # Warm scenes: chosen on validation splits of the TRAINING periods of BOTH Taobao files (the
-    # last quarter of each; never the evaluated days) by comparing blends with `streamrec tune`
-    # (docs/EVALUATION.md): the user's own items and session co-occurrence carry the ranking; the raw
-    # decayed item weight (``item``) and diversity (mmr_lambda < 1) cost MRR / hit rate there, so they
-    # are off. Post-purchase keeps the order's substitutes at half weight: excluding them cost hit
-    # rate on both files, and 0.5 scored at least as well as 0.25, 0.75 and 1 (no down-weighting).
-    # How history candidates are ordered is a RecommenderOptions choice (history_order).
-    browsing: SceneWeights = SceneWeights(
-        recall=0.2, popularity=0.05, category=0.1, item=0.0, focus_boost=0.0, mmr_lambda=1.0,
-        substitute_factor=1.0, history=3.0, cooccur=2.0, ann=0.2,
-    )
-    shopping: SceneWeights = SceneWeights(
-        recall=0.2, popularity=0.05, category=0.1, item=0.0, focus_boost=0.0, mmr_lambda=1.0,
-        substitute_factor=1.0, history=3.0, cooccur=2.0, ann=0.2,
-    )
-    post_purchase: SceneWeights = SceneWeights(
-        recall=0.2, popularity=0.05, category=0.1, item=0.0, focus_boost=0.0, mmr_lambda=1.0,
-        substitute_factor=0.5, history=3.0, cooccur=2.0, ann=0.2,
-    )
+    browsing: SceneWeights = _BROWSING
+    shopping: SceneWeights = _SHOPPING
+    post_purchase: SceneWeights = _POST_PURCHASE
     cold: SceneWeights = SceneWeights(
         recall=0.5,
         popularity=1.0,
@@ -128,6 +155,26 @@ class RerankParams:
             return self.cold
         return {"shopping": self.shopping, "post_purchase": self.post_purchase}.get(scene, self.browsing)
 
+
+RELEVANCE_PARAMS = RerankParams(
+    browsing=_EVIDENCE, shopping=_EVIDENCE,
+    post_purchase=dataclasses.replace(_EVIDENCE, substitute_factor=0.5),
+)
+"""The defaults before issue 21 (AD_p075 / M50_all in docs/EVALUATION.md): the same pure-relevance
+blend in every scene, the order's substitutes kept at half weight after a purchase. Tuned for hit
+rate alone; kept as the `streamrec_relevance_only` ablation and as the base of the older grid entries."""
+
+
+def without_diversity(params: RerankParams) -> RerankParams:
+    """``params`` with diversity off in the warm scenes (pure relevance order), everything else kept:
+    what the diversity of a blend costs or buys (the `streamrec_no_diversity` ablation)."""
+    plain = {"category_decay": 1.0, "mmr_lambda": 1.0, "diversity_head": 0}
+    return dataclasses.replace(
+        params,
+        browsing=dataclasses.replace(params.browsing, **plain),
+        shopping=dataclasses.replace(params.shopping, **plain),
+        post_purchase=dataclasses.replace(params.post_purchase, **plain),
+    )
 
 
 DESIGNED_PARAMS = RerankParams(
@@ -262,25 +309,71 @@ class _Similarity:
 
 
 def mmr(
-    relevance: np.ndarray, sim: np.ndarray | Callable[[int], np.ndarray], k: int, lam: float
+    relevance: np.ndarray, sim: np.ndarray | Callable[[int], np.ndarray], k: int, lam: float, head: int = 0
 ) -> list[int]:
     """Maximal marginal relevance order of the first ``k`` picks; ties go to the lower index.
 
-    ``sim`` is a similarity matrix or a function giving row ``i`` of it.
+    ``sim`` is a similarity matrix or a function giving row ``i`` of it. The first ``head`` picks are
+    by relevance alone (they still count as picked for the similarity of the rest).
     """
     row = sim if callable(sim) else sim.__getitem__
     n = len(relevance)
     chosen: list[int] = []
     free = np.ones(n, dtype=bool)
     max_sim = np.zeros(n)
-    for _ in range(min(k, n)):
-        value = lam * relevance - (1.0 - lam) * (max_sim if chosen else 0.0)
+    for step in range(min(k, n)):
+        if step < head:
+            value = relevance
+        else:
+            value = lam * relevance - (1.0 - lam) * (max_sim if chosen else 0.0)
         value = np.where(free, value, -np.inf)
         best = int(np.argmax(value))
         chosen.append(best)
         free[best] = False
         max_sim = np.maximum(max_sim, row(best))
     return chosen
+
+
+def category_codes(categories: Sequence[str | None]) -> np.ndarray:
+    """An integer per category (equal categories, equal codes); -1 for an item without one."""
+    known = np.array([c is not None for c in categories], dtype=bool)
+    codes = np.full(len(categories), -1, dtype=np.int64)
+    if known.any():
+        names = np.array([c for c in categories if c is not None])
+        codes[known] = np.unique(names, return_inverse=True)[1]
+    return codes
+
+
+def coverage_order(relevance: np.ndarray, codes: np.ndarray, k: int, decay: float, head: int = 0) -> list[int]:
+    """The first ``k`` indices, ``head`` by relevance, then greedy by ``relevance * decay ** n`` where
+    ``n`` counts the items of the same category already picked; ties go to the lower index.
+
+    No pick loop: within a category the greedy always takes the most relevant item left, so the
+    ``j``-th item of a category (by relevance) is worth ``rel * decay ** j`` whenever it is picked, and
+    those values fall within each category: the greedy order is one sort of them. Items without a
+    category (code -1) are never discounted.
+    """
+    n = len(relevance)
+    if n == 0 or k <= 0:
+        return []
+    index = np.arange(n)
+    by_relevance = np.lexsort((index, -relevance))
+    top = by_relevance[: min(head, n)]
+    # rank of each item within its category, most relevant first (index breaks ties, as above)
+    order = np.lexsort((index, -relevance, codes))
+    grouped = codes[order]
+    starts = np.r_[True, grouped[1:] != grouped[:-1]]
+    first = np.maximum.accumulate(np.where(starts, index, 0))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = index - first
+    rank[codes < 0] = 0
+    value = relevance * np.power(decay, rank)
+    rest = np.lexsort((index, -relevance, -value))
+    if len(top):
+        below = np.ones(n, dtype=bool)
+        below[top] = False
+        rest = rest[below[rest]]
+    return [int(i) for i in np.concatenate([top, rest])[:k]]
 
 
 def _reason(cand: Candidate, ctx: RerankContext, in_focus: bool, cold: bool) -> str:
@@ -348,6 +441,9 @@ def rerank(
         if weight:
             scaled = evidence[source]
             rel = rel + weight * np.array([scaled.get(item, 0.0) for item in items])
+    if weights.complement:  # recalled from a bought item: a complement (substitutes are handled below)
+        rel = rel + weights.complement * np.array(
+            [c.anchor is not None and c.anchor in ctx.purchased for c in cands], dtype=float)
     if weights.substitute_factor < 1:
         rel *= np.array(
             [
@@ -360,10 +456,12 @@ def rerank(
     top = float(rel.max())
     rel = rel / top if top > 0 else rel
 
-    if weights.mmr_lambda >= 1.0:  # pure relevance: what mmr() would pick, without the similarity rows
+    if weights.category_decay < 1.0:
+        order = coverage_order(rel, category_codes(cats), k, weights.category_decay, weights.diversity_head)
+    elif weights.mmr_lambda < 1.0:
+        order = mmr(rel, _Similarity(cands), k, weights.mmr_lambda, weights.diversity_head)
+    else:  # pure relevance: what mmr() would pick, without the similarity rows
         order = [int(i) for i in np.argsort(-rel, kind="stable")[:k]]
-    else:
-        order = mmr(rel, _Similarity(cands), k, weights.mmr_lambda)
     return [
         Ranked(items[i], round(float(rel[i]), 6), _reason(cands[i], ctx, bool(in_focus[i]), cold))
         for i in order

@@ -108,7 +108,10 @@ def test_after_the_cool_down_a_bought_item_comes_back_when_it_scores_on_history(
     # The old rule (never again) and a longer cool-down keep it out; relist_bought lets it in at once.
     assert "x" not in _listed(profile, cooldown_s=math.inf)
     assert "x" not in _listed(profile, cooldown_s=2 * DAY_S)
-    assert "x" in _listed(_bought_x(_view(5, T0 + 2 * MIN, "z")), relist_bought=True)
+    assert "x" in _listed(_bought_x(_view(5, T0 + 3 * HOUR, "z")), relist_bought=True)  # within the cool-down
+    # In the post-purchase scene the order's category is excluded as substitutes (DESIGN.md §2.3), for
+    # the what-if too: every item here is of category "k", so nothing is listed.
+    assert _listed(_bought_x(_view(5, T0 + 2 * MIN, "z")), relist_bought=True) == {}
 
 
 def test_a_row_written_before_the_rule_decodes_and_gets_it() -> None:
