@@ -234,9 +234,12 @@ def tune(
         "user_pop,item_knn,session_knn,shipped"),
     user_mod: Annotated[int, typer.Option(min=1, help="score every N-th user (crc32 of the id)")] = 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results as JSON")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write the accuracy-diversity trade-off plot (PNG) here")] = None,
 ) -> None:
     """Score configurations on a validation slice of the training period (never the evaluated one)."""
+    from app.evaluation.baselines import BASELINES
     from app.evaluation.grid import GRID
+    from app.evaluation.tradeoff import plot_tradeoff
     from app.evaluation.tune import format_rows, run_tune, write_json
 
     names = list(GRID) if configs == "all" else [name.strip() for name in configs.split(",") if name.strip()]
@@ -252,6 +255,8 @@ def tune(
     typer.echo(format_rows(result))
     if json_out is not None:
         write_json(result, json_out)
+    if plot is not None:
+        plot_tradeoff(result, plot, references=[name for name in names if name in BASELINES])
 
 
 @cli.command()

@@ -74,6 +74,8 @@ JSON_SYSTEM_ORDER = (
     "streamrec_no_resurface",
     "streamrec_never_relist_bought",
     "streamrec_relist_bought",
+    "streamrec_no_diversity",
+    "streamrec_relevance_only",
 )
 
 Metrics = dict[str, float | int | None]

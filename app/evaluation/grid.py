@@ -5,7 +5,8 @@ another system's hyperparameters is one more entry here. The StreamRec entries a
 search recorded in docs/EVALUATION.md ("How the re-rank blend was chosen"), by the names used there:
 each is (``RecommenderOptions`` overrides: how history candidates are ordered, ``RerankParams``).
 The configurations `streamrec evaluate` runs (``VARIANTS``: the full system, its ablations and the
-bought-item rules) are here under their report names too.
+bought-item rules) are here under their report names too. ``SCENE_BLENDS`` are the scene strategies
+and diversity settings of issue 21 (the accuracy-diversity trade-off).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from app.evaluation.baselines import BASELINES, VSKNN
 from app.evaluation.systems import LIST_SIZE, VARIANTS, SharedModel, Variant, streamrec_ranker
 from models.ranking import Ranker
 from models.recommender import RecommenderOptions
-from models.rerank import DESIGNED_PARAMS, RerankParams
+from models.rerank import DESIGNED_PARAMS, RELEVANCE_PARAMS, RerankParams
 
 Config = Callable[[SharedModel], Ranker]
 
@@ -106,16 +107,60 @@ BLENDS: dict[str, tuple[dict, RerankParams]] = {
     "MS50_all": (_mixed(0.5, order="mixed_session"), _f(**_ALL)),
     "MS70_all": (_mixed(0.7, order="mixed_session"), _f(**_ALL)),
     "MS70_p1_all": (_mixed(0.7, 1.0, order="mixed_session"), _f(**_ALL)),
-    # round 5: a history inside the current session by recency, any longer one mixed ("adaptive")
-    "AD_p1": ({"history_order": "adaptive", "history_session_power": 1.0}, RerankParams()),
-    "AD_p075": ({"history_order": "adaptive", "history_session_power": 0.75}, RerankParams()),
-    "AD_p15": ({"history_order": "adaptive", "history_session_power": 1.5}, RerankParams()),
+    # round 5: a history inside the current session by recency, any longer one mixed ("adaptive");
+    # on the blend shipped then (RELEVANCE_PARAMS), so these rows stay reproducible
+    "AD_p1": ({"history_order": "adaptive", "history_session_power": 1.0}, RELEVANCE_PARAMS),
+    "AD_p075": ({"history_order": "adaptive", "history_session_power": 0.75}, RELEVANCE_PARAMS),
+    "AD_p15": ({"history_order": "adaptive", "history_session_power": 1.5}, RELEVANCE_PARAMS),
     "AD_p1_co1": ({"history_order": "adaptive", "history_session_power": 1.0}, _f(**{**_ALL, "cooccur": 1.0})),
-    "AD_p05": ({"history_order": "adaptive", "history_session_power": 0.5}, RerankParams()),
+    "AD_p05": ({"history_order": "adaptive", "history_session_power": 0.5}, RELEVANCE_PARAMS),
     "AD_p075_h4": ({"history_order": "adaptive", "history_session_power": 0.75},
                    _f(**{**_ALL, "history": 4.0})),
     "AD_p075_co15": ({"history_order": "adaptive", "history_session_power": 0.75},
                      _f(**{**_ALL, "cooccur": 1.5})),
+}
+
+# Issue 21, item 6: scene strategies and diversity (docs/EVALUATION.md, "Scene strategies and
+# diversity"). Every entry is the shared evidence blend (RELEVANCE_PARAMS' weights) with the round's
+# reference strategy per scene, one scene changed: browsing explores (category coverage below a
+# kept head, popularity 0.1), shopping focuses (focus_boost 0.3 on the current top categories),
+# post-purchase shows complements (complement 0.5) and excludes the order's substitutes. Written
+# out rather than taken from the defaults, so a row means the same after the defaults change.
+_REFERENCE_SCENES = {
+    "browsing": {"popularity": 0.1, "category_decay": 0.6, "mmr_lambda": 1.0, "diversity_head": 3},
+    "shopping": {"focus_boost": 0.3},
+    "post_purchase": {"substitute_factor": 0.0, "complement": 0.5},
+}
+
+
+def _scenes(browsing: dict | None = None, shopping: dict | None = None,
+            post_purchase: dict | None = None) -> RerankParams:
+    """The reference scene strategies with the given settings changed."""
+    base = RELEVANCE_PARAMS.browsing  # the evidence blend every warm scene shares
+    given = {"browsing": browsing, "shopping": shopping, "post_purchase": post_purchase}
+    return RerankParams(**{scene: _sw(base, **{**reference, **(given[scene] or {})})
+                           for scene, reference in _REFERENCE_SCENES.items()})
+
+
+DIVERSITY_DECAYS = (0.8, 0.6, 0.4)
+DIVERSITY_HEADS = (0, 3, 5)
+MMR_LAMBDAS = (0.9, 0.7)
+_NO_DIVERSITY = {"category_decay": 1.0, "mmr_lambda": 1.0, "diversity_head": 0}
+
+SCENE_BLENDS: dict[str, RerankParams] = {
+    "browse_nodiv": _scenes(browsing=_NO_DIVERSITY),
+    # category coverage: the factor per item of a category already listed x the head kept as is
+    **{f"cov_d{decay}_h{head}": _scenes(browsing={"category_decay": decay, "diversity_head": head})
+       for decay in DIVERSITY_DECAYS for head in DIVERSITY_HEADS},
+    # MMR over item vectors (category where an item has none) instead, same heads
+    **{f"mmr_l{lam}_h{head}": _scenes(browsing={**_NO_DIVERSITY, "mmr_lambda": lam, "diversity_head": head})
+       for lam in MMR_LAMBDAS for head in (0, 5)},
+    "browse_pop0.05": _scenes(browsing={"popularity": 0.05}),
+    "shop_focus0": _scenes(shopping={"focus_boost": 0.0}),
+    "shop_focus0.6": _scenes(shopping={"focus_boost": 0.6}),
+    "post_sub0.5": _scenes(post_purchase={"substitute_factor": 0.5}),
+    "post_comp0": _scenes(post_purchase={"complement": 0.0}),
+    "post_comp1": _scenes(post_purchase={"complement": 1.0}),
 }
 
 
@@ -167,6 +212,7 @@ GRID: dict[str, Config] = {
     **{name: (lambda shared, make=make: make()) for name, make in BASELINES.items()},
     **{variant.name: _variant(variant) for variant in VARIANTS},
     **{name: _blend(name, overrides, params) for name, (overrides, params) in BLENDS.items()},
+    **{name: _blend(name, {}, params) for name, params in SCENE_BLENDS.items()},
     **{name: _vsknn(name, options) for name, options in VSKNN_CONFIGS.items()},
 }
 DEFAULT_CONFIGS = ("user_pop", "item_knn", "session_knn", "shipped")

@@ -16,7 +16,10 @@ worth. Bought items (DESIGN.md §2.5): the full system keeps one out of the list
 its purchase (24 h) and in the post-purchase scene its order started, then lets it back;
 ``streamrec_never_relist_bought`` never lists a bought item again (the rule before issue 21), and
 ``streamrec_relist_bought`` lists them at once like any viewed item (no exclusion at all: the
-other end, a what-if).
+other end, a what-if). Scene strategies and diversity (issue 21): ``streamrec_no_diversity`` is the
+full system with diversity off in every scene (the scene strategies kept), and
+``streamrec_relevance_only`` re-ranks with the blend tuned for hit rate alone before issue 21 (the same
+pure-relevance weights in every scene, substitutes at half weight after a purchase).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from models.popularity import Trending
 from models.profile import ProfileParams
 from models.ranking import RankedList, Ranker, Request
 from models.recommender import Recommender, RecommenderOptions
-from models.rerank import RerankParams
+from models.rerank import RELEVANCE_PARAMS, RerankParams, without_diversity
 from models.scene import SceneModel
 from models.state import UserStates
 from schemas.events import UserEvent, event_items
@@ -140,6 +143,7 @@ class Variant:
     resurface: bool = True  # False: items of the user's earlier events are never listed
     relist_bought: bool = False  # True: bought items listed again at once (a what-if; DESIGN.md forbids it)
     bought_cooldown_s: float | None = None  # None: the options' cool-down (24 h); math.inf: never again
+    rerank: RerankParams | None = None  # None: the shipped re-rank defaults (scene strategies, diversity)
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -150,6 +154,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("streamrec_no_resurface", resurface=False),
     Variant("streamrec_never_relist_bought", bought_cooldown_s=math.inf),
     Variant("streamrec_relist_bought", relist_bought=True),
+    Variant("streamrec_no_diversity", rerank=without_diversity(RerankParams())),
+    Variant("streamrec_relevance_only", rerank=RELEVANCE_PARAMS),
 )
 
 
@@ -174,7 +180,7 @@ def streamrec_ranker(
     if variant.bought_cooldown_s is not None:
         options = dataclasses.replace(options, bought_cooldown_s=variant.bought_cooldown_s)
     recommender = Recommender(
-        None, None, Trending(half_life_s=half_life_s), options, rerank_params or RerankParams(),
+        None, None, Trending(half_life_s=half_life_s), options, rerank_params or variant.rerank or RerankParams(),
         state=UserStates(params, SceneModel() if variant.use_scene else None), trainer=trainer, name=variant.name)
     return recommender if variant.resurface else NoResurface(recommender)
 

@@ -37,6 +37,11 @@ class TuneRow:
     mrr: float
     ndcg: float
     targets: int
+    # What the lists promise besides hits (the accuracy-diversity trade-off, docs/EVALUATION.md):
+    # intra-list category diversity, catalog coverage and novelty of the scored lists, top k.
+    diversity: float | None = None
+    coverage: float | None = None
+    novelty: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +61,9 @@ class TuneResult:
             "validation_events": self.validation_events, "validation_from_ts": self.validation_from_ts,
             "validation_to_ts": self.validation_to_ts,
             "configs": {row.name: {f"hr@{self.k}": row.hit_rate, f"mrr@{self.k}": row.mrr,
-                                   f"ndcg@{self.k}": row.ndcg, "targets": row.targets} for row in self.rows},
+                                   f"ndcg@{self.k}": row.ndcg, "targets": row.targets,
+                                   "diversity": row.diversity, "coverage": row.coverage, "novelty": row.novelty}
+                        for row in self.rows},
         }
 
 
@@ -93,20 +100,42 @@ def run_tune(data: Path, configs: Sequence[str] = DEFAULT_CONFIGS, *, user_mod: 
         shared.close()
     rows = tuple(
         TuneRow(name, float(m[f"hr@{k}"] or 0.0), float(m[f"mrr@{k}"] or 0.0), float(m[f"ndcg@{k}"] or 0.0),
-                int(m["events"] or 0))
+                int(m["events"] or 0), _optional(m["diversity"]), _optional(m["coverage"]), _optional(m["novelty"]))
         for name in configs for m in [result.systems[name].warm])
     return TuneResult(Path(data).name, k, user_mod, len(fit), len(validation), validation[0].ts if validation else 0,
                       validation[-1].ts if validation else 0, rows)
 
 
+def _optional(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _pct(value: float | None, width: int) -> str:
+    return f"{'-':>{width}s}" if value is None else f"{100 * value:{width}.2f}"
+
+
 def format_rows(result: TuneResult) -> str:
-    """One line per configuration, in the order asked: HR, MRR and NDCG @k in %, scored targets."""
+    """One line per configuration, in the order asked: HR, MRR and NDCG @k in %, scored targets,
+    then intra-list diversity and coverage in % and novelty in bits."""
     width = max((len(row.name) for row in result.rows), default=4)
     k = result.k
-    lines = [f"{'config':{width}s}  HR@{k}   MRR@{k}  NDCG@{k}  targets"]
+    lines = [f"{'config':{width}s}  HR@{k}   MRR@{k}  NDCG@{k}  targets  div(%)  cov(%)  nov(bits)"]
     lines += [f"{row.name:{width}s} {100 * row.hit_rate:6.2f} {100 * row.mrr:7.2f} {100 * row.ndcg:7.2f} "
-              f"{row.targets:8d}" for row in result.rows]
+              f"{row.targets:8d} {_pct(row.diversity, 7)} {_pct(row.coverage, 7)} "
+              f"{'-' if row.novelty is None else f'{row.novelty:.2f}':>10s}" for row in result.rows]
     return "\n".join(lines)
+
+
+def read_json(path: Path) -> TuneResult:
+    """A result ``write_json`` wrote (e.g. to plot it again without replaying)."""
+    data = orjson.loads(Path(path).read_bytes())
+    k = int(data["k"])
+    rows = tuple(
+        TuneRow(name, m[f"hr@{k}"], m[f"mrr@{k}"], m[f"ndcg@{k}"], m["targets"], m.get("diversity"),
+                m.get("coverage"), m.get("novelty"))
+        for name, m in data["configs"].items())
+    return TuneResult(data["dataset"], k, data["user_mod"], data["fit_events"], data["validation_events"],
+                      data["validation_from_ts"], data["validation_to_ts"], rows)
 
 
 def write_json(result: TuneResult, path: Path) -> None:

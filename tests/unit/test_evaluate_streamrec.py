@@ -78,6 +78,8 @@ def test_full_system_and_ablations_run_the_protocol(shared: SharedModel, split) 
     assert full.warm["hr@20"] > 0.3
     assert full.by_scene  # scenes come from the profile's scene
     assert shared.model is not None and shared.model.version.startswith("m-")
+    # Diversity is on in the shipped defaults: its lists mix more categories than without it.
+    assert full.warm["diversity"] > result.systems["streamrec_no_diversity"].warm["diversity"]
 
 
 def test_state_is_what_the_profile_agent_folds_and_ranks_as_the_worker_would(shared: SharedModel, split) -> None:
