@@ -165,6 +165,15 @@ blend in every scene, the order's substitutes kept at half weight after a purcha
 rate alone; kept as the `streamrec_relevance_only` ablation and as the base of the older grid entries."""
 
 
+def with_browsing_diversity(params: RerankParams, category_decay: float, head: int) -> RerankParams:
+    """``params`` with the browsing scene's category coverage set (``category_decay`` 1 = off, pure
+    relevance order): the knob a shop turns along the accuracy-diversity trade-off that docs/EVALUATION.md
+    measures (``STREAMREC_BROWSING_CATEGORY_DECAY`` / ``STREAMREC_BROWSING_DIVERSITY_HEAD``)."""
+    browsing = dataclasses.replace(params.browsing, category_decay=category_decay,
+                                   diversity_head=head if category_decay < 1.0 else 0)
+    return dataclasses.replace(params, browsing=browsing)
+
+
 def without_diversity(params: RerankParams) -> RerankParams:
     """``params`` with diversity off in the warm scenes (pure relevance order), everything else kept:
     what the diversity of a blend costs or buys (the `streamrec_no_diversity` ablation)."""

@@ -23,11 +23,18 @@ from models.popularity import Trending
 from models.profile import ProfileParams
 from models.recall import VectorIndex
 from models.recommender import Recommender, RecommenderOptions
+from models.rerank import RerankParams, with_browsing_diversity
 from models.scene import SceneModel
 from schemas.experiments import ARMS, Experiment
 from schemas.validation import Limits
 
 logger = logging.getLogger(__name__)
+
+
+def rerank_params(settings: Settings) -> RerankParams:
+    """The shipped scene strategies with the browsing diversity the settings ask for."""
+    return with_browsing_diversity(RerankParams(), settings.browsing_category_decay,
+                                   settings.browsing_diversity_head)
 
 
 def recall_for(settings: Settings, model: ModelVersion) -> MilvusRecall:
@@ -91,7 +98,8 @@ class Services:
                                      bought_cooldown_s=settings.bought_cooldown_s)
         services = cls(settings=settings, limits=Limits.from_settings(settings),
                        params=ProfileParams.from_settings(settings), scene_model=SceneModel(),
-                       trending=trending, recommender=Recommender(None, None, trending, options))
+                       trending=trending,
+                       recommender=Recommender(None, None, trending, options, rerank_params(settings)))
         services.maybe_reload()
         return services
 

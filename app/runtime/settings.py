@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     recall_timeout_s: float = Field(2.0, gt=0, description="deadline of one Milvus recall search (and availability "
                                     "lookup); past it the batch is served from popularity, flagged in reason")
     list_size: int = Field(20, ge=1, le=500)
+    # The browsing scene's diversity (models.rerank.with_browsing_diversity; the trade-off measured in
+    # docs/EVALUATION.md "Scene strategies and diversity").
+    browsing_category_decay: float = Field(0.6, ge=0, le=1, description="browsing lists: each further item of "
+                                           "a category already listed has its relevance multiplied by this "
+                                           "(1 = diversity off, pure relevance order)")
+    browsing_diversity_head: int = Field(5, ge=0, le=500, description="browsing lists: the first items kept in "
+                                         "relevance order; category coverage re-orders the rest")
 
     # --- Storage -----------------------------------------------------------------------------------
     store: Literal["sqlite", "cassandra"] = "sqlite"

@@ -132,7 +132,13 @@ def check_dashboard(worker: WorkerProcess, tmp_path: Path) -> None:
 def test_ab_experiment_end_to_end(tmp_path: Path) -> None:
     models = tmp_path / "models"
     control, treatment = build_versions(models)
-    env = {"STREAMREC_MODEL_DIR": str(models), "STREAMREC_VECTOR_DIM": "32", "STREAMREC_FETCH_MAX_WAIT_MS": "100"}
+    # Browsing diversity off (STREAMREC_BROWSING_CATEGORY_DECAY=1): item2vec places an item's neighbours in its
+    # category, here its chain's, and category coverage moves them below the top 5 (the user's own items) in
+    # both arms, so the experiment would compare the diversity rule, not the models (HR@20 30.6% vs 30.7% with
+    # it, 53.0% vs 37.4% without). What the encoder adds under the shipped diversity is measured offline
+    # (docs/EVALUATION.md); this test is about the experiment machinery telling a better model apart.
+    env = {"STREAMREC_MODEL_DIR": str(models), "STREAMREC_VECTOR_DIM": "32", "STREAMREC_FETCH_MAX_WAIT_MS": "100",
+           "STREAMREC_BROWSING_CATEGORY_DECAY": "1"}
     with private_pipeline(tmp_path, env) as (kafka, worker):
         env = {**env, "STREAMREC_KAFKA_BOOTSTRAP": kafka.bootstrap, "STREAMREC_SQLITE_PATH": str(tmp_path / "cli.db")}
         settings = Settings(kafka_bootstrap=kafka.bootstrap, model_dir=models)

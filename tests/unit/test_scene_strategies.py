@@ -154,3 +154,28 @@ def test_one_diversity_method_at_a_time() -> None:
     with pytest.raises(ValueError):
         dataclasses.replace(base, diversity_head=-1)
     assert isinstance(dataclasses.replace(base, category_decay=0.5), SceneWeights)
+
+
+def test_the_browsing_diversity_is_set_from_the_settings(tmp_path, monkeypatch) -> None:
+    from app.runtime.services import Services
+    from app.runtime.settings import Settings
+    from models.rerank import with_browsing_diversity
+
+    shipped = Services.load(Settings(model_dir=tmp_path / "none", data_dir=tmp_path)).recommender.rerank_params
+    assert shipped == SHIPPED  # the defaults are the measured ones (docs/EVALUATION.md)
+    monkeypatch.setenv("STREAMREC_BROWSING_CATEGORY_DECAY", "1")
+    params = Services.load(Settings(model_dir=tmp_path / "none", data_dir=tmp_path)).recommender.rerank_params
+    assert params.browsing.category_decay == 1.0 and params.browsing.diversity_head == 0
+    assert params.shopping == SHIPPED.shopping and params.post_purchase == SHIPPED.post_purchase
+    # decay 1: the list is in relevance order; the shipped decay re-orders it below the head
+    def scores(p: RerankParams) -> list[float]:
+        return [r.score for r in rerank(candidates(), ctx("browsing"), k=10, params=p)]
+
+    assert scores(params) == sorted(scores(params), reverse=True)
+    assert scores(SHIPPED) != sorted(scores(SHIPPED), reverse=True)
+    stronger = with_browsing_diversity(SHIPPED, 0.3, 2)
+    assert (stronger.browsing.category_decay, stronger.browsing.diversity_head) == (0.3, 2)
+    for bad in ("1.5", "-0.1"):
+        monkeypatch.setenv("STREAMREC_BROWSING_CATEGORY_DECAY", bad)
+        with pytest.raises(ValueError):
+            Settings()
