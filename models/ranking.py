@@ -6,6 +6,8 @@ streaming learner:
 
 - ``fit(train)`` warms it on a history (events in time order); by default it observes them,
 - ``observe(events)`` folds newer events in (it keeps learning online, as deployed),
+- ``retrain(history)`` rebuilds its offline-trained parts on everything seen so far (the scheduled
+  retrain of a deployment); rankers with nothing trained offline ignore it,
 - ``recommend(requests, now_ms, k=...)`` lists items for a batch of users as of ``now_ms``.
 
 A model overrides either the batch form (``observe`` / ``recommend``: the production
@@ -78,6 +80,10 @@ class Ranker:
     def observe(self, events: Sequence[UserEvent]) -> None:
         for event in events:
             self.observe_one(event)
+
+    def retrain(self, history: Sequence[UserEvent]) -> None:
+        """Rebuild what was trained offline on ``history`` (every event so far, in time order; all of
+        them already observed). Nothing by default: the online state is already up to date."""
 
     def observe_one(self, event: UserEvent) -> None:
         raise NotImplementedError(f"{type(self).__name__} implements neither observe nor observe_one")

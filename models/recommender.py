@@ -114,6 +114,7 @@ class Recommender(Ranker):
     rerank_params: RerankParams = field(default_factory=RerankParams)
     state: UserStates = field(default_factory=UserStates)  # profiles of requests that carry none
     trainer: Trainer | None = None  # what ``fit`` trains the model with; None: keep the model given
+    retrains: bool = True  # False: ``retrain`` keeps the model of ``fit`` (the frozen-model comparison)
     name: str = "streamrec"
     _cold: tuple[int, int, tuple[Ranked, ...]] | None = field(default=None, init=False, repr=False)
 
@@ -135,6 +136,12 @@ class Recommender(Ranker):
     def observe(self, events: Sequence[UserEvent]) -> None:
         for event in events:
             self.state.fold(event, self.trending)
+
+    def retrain(self, history: Sequence[UserEvent]) -> None:
+        """A new model version on ``history`` (items first seen since ``fit`` get vectors and can be
+        recalled); the online state (profiles, popularity, co-occurrence) is kept as it is."""
+        if self.trainer is not None and self.retrains:
+            self.model, self.recall = self.trainer(history)
 
     def recommend(self, requests: Sequence[Request], now_ms: int, *, k: int | None = None) -> list[RankedList]:
         size = self.options.list_size if k is None else k

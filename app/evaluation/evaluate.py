@@ -76,6 +76,7 @@ JSON_SYSTEM_ORDER = (
     "streamrec_relist_bought",
     "streamrec_no_diversity",
     "streamrec_relevance_only",
+    "streamrec_no_retrain",
 )
 
 Metrics = dict[str, float | int | None]
@@ -96,6 +97,7 @@ class SystemResult:
     fit_seconds: float
     replay_seconds: float
     replay_events: int
+    retrain_seconds: float = 0.0  # the scheduled retrains during the replay (--retrain-every-hours)
 
     def to_json(self) -> dict:
         return {
@@ -108,6 +110,7 @@ class SystemResult:
             "hr_curve_all_events": self.hr_curve_all,
             "fit_seconds": round(self.fit_seconds, 3),
             "replay_seconds": round(self.replay_seconds, 3),
+            "retrain_seconds": round(self.retrain_seconds, 3),
             "replay_events_per_s": round(self.replay_events / self.replay_seconds, 1)
             if self.replay_seconds > 0
             else None,
@@ -200,6 +203,7 @@ class _Tracked:
     lists: ListAccumulator = field(default_factory=ListAccumulator)
     fit_seconds: float = 0.0
     replay_seconds: float = 0.0
+    retrain_seconds: float = 0.0
 
 
 def _reference_scene(served: Mapping[str, RankedList], reference: str) -> str:
@@ -224,11 +228,14 @@ def evaluate_streams(
     progress: bool = True,
     categories: Mapping[str, str] | None = None,
     scored_users: Callable[[str], bool] | None = None,
+    retrain_every_ms: int | None = None,
 ) -> EvaluationResult:
     """Fit every system on `train`, replay `test` in order, score each list before its event.
 
     ``scored_users`` limits scoring to the users it accepts (a sample, for tuning); every event is
-    still observed by every system."""
+    still observed by every system. ``retrain_every_ms``: each time the replay's clock passes another
+    such period after the split, every system retrains on all events before that moment (train and
+    replayed), as a deployment's scheduled retrain would; the next event is scored after it."""
     _ensure_time_order(train, test)
     max_k = max(max_k, k)
     item_category: dict[str, str] = dict(categories or {})
@@ -254,9 +261,19 @@ def evaluate_streams(
         log.info("fitted %s on %d events in %.1f s", name, len(train), tracked[name].fit_seconds)
 
     scored = warm_scored = unknown = warm_unknown = 0
+    history = list(train)  # every event before the current one: what a scheduled retrain sees
+    next_retrain = (test[0].ts + retrain_every_ms) if retrain_every_ms and test else None
     for event in tqdm(
         test, desc=f"evaluate {dataset}".strip(), unit="ev", disable=not progress, mininterval=2
     ):
+        if next_retrain is not None and event.ts >= next_retrain:
+            for name, entry in tracked.items():
+                started = time.perf_counter()
+                entry.system.retrain(history)
+                entry.retrain_seconds += time.perf_counter() - started
+            log.info("retrained on %d events at %d", len(history), next_retrain)
+            while next_retrain <= event.ts:
+                next_retrain += retrain_every_ms  # type: ignore[operator]
         targets = [item for item, _ in event_items(event)]
         user = event.user_id
         if targets and (scored_users is None or scored_users(user)):
@@ -303,6 +320,7 @@ def evaluate_streams(
             entry.replay_seconds += time.perf_counter() - started
         known_users.add(user)
         _remember(event, touched, bought)
+        history.append(event)
 
     results = {
         name: _system_result(name, entry, k, max_k, catalog_size, len(test))
@@ -369,6 +387,7 @@ def _system_result(
         fit_seconds=entry.fit_seconds,
         replay_seconds=entry.replay_seconds,
         replay_events=replayed,
+        retrain_seconds=entry.retrain_seconds,
     )
 
 
@@ -419,6 +438,7 @@ def run_evaluation(
     k: int = 20,
     progress: bool = True,
     command: str = "",
+    retrain_every_ms: int | None = None,
 ) -> EvaluationResult:
     """Read, split by time, and evaluate `systems` (default: the baselines) on one replay file."""
     data_path = Path(data_path)
@@ -433,6 +453,7 @@ def run_evaluation(
         k=k,
         progress=progress,
         categories=catalog_categories,
+        retrain_every_ms=retrain_every_ms,
     )
     return _with_command(result, command)
 

@@ -19,7 +19,9 @@ its purchase (24 h) and in the post-purchase scene its order started, then lets 
 other end, a what-if). Scene strategies and diversity (issue 21): ``streamrec_no_diversity`` is the
 full system with diversity off in every scene (the scene strategies kept), and
 ``streamrec_relevance_only`` re-ranks with the blend tuned for hit rate alone before issue 21 (the same
-pure-relevance weights in every scene, substitutes at half weight after a purchase).
+pure-relevance weights in every scene, substitutes at half weight after a purchase). When the replay
+retrains (``streamrec evaluate --retrain-every-hours``), ``streamrec_no_retrain`` keeps the model of the
+training period: what the scheduled retrain is worth.
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ class SharedModel:
         self._key: str | None = None
         self.model: ModelVersion | None = None
         self.recall: MilvusRecall | None = None
+        self._earlier: list[MilvusRecall] = []  # the collections of earlier versions, closed with the rest
         self.train_seconds = 0.0
+        self.trainings = 0
 
     def __call__(self, train: Sequence[UserEvent]) -> tuple[ModelVersion, MilvusRecall]:
         key = _fingerprint(train)
@@ -83,24 +87,26 @@ class SharedModel:
             started = time.perf_counter()
             path = train_model(train, self.workdir / "models", dim=self.dim, seed=self.seed)
             model = load_model_version(path, "auto")
-            if self.recall is not None:
-                self.recall.close()
+            if self.recall is not None:  # still served by configurations that do not retrain
+                self._earlier.append(self.recall)
             recall = MilvusRecall(str(self.workdir / f"milvus-{key[:8]}.db"), "eval_items", model.dim,
                                   consistency="Strong")
             vectors = model.vectors
             recall.load_items(list(vectors.ids), vectors.matrix,
                               [vectors.categories.get(item) or "none" for item in vectors.ids])
             self.model, self.recall, self._key = model, recall, key
-            self.train_seconds = time.perf_counter() - started
-            log.info("trained %s and loaded %d vectors in %.1f s", model.version, len(vectors.ids),
-                     self.train_seconds)
+            took = time.perf_counter() - started
+            self.train_seconds += took
+            self.trainings += 1
+            log.info("trained %s on %d events and loaded %d vectors in %.1f s", model.version, len(train),
+                     len(vectors.ids), took)
         assert self.model is not None and self.recall is not None
         return self.model, self.recall
 
     def close(self) -> None:
-        if self.recall is not None:
-            self.recall.close()
-            self.recall = None
+        for recall in [*self._earlier, *([self.recall] if self.recall is not None else [])]:
+            recall.close()
+        self._earlier, self.recall = [], None
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -126,6 +132,9 @@ class NoResurface(Ranker):
         self.inner.observe(events)
         self._remember(events)
 
+    def retrain(self, history: Sequence[UserEvent]) -> None:
+        self.inner.retrain(history)
+
     def recommend(self, requests: Sequence[Request], now_ms: int, *, k: int | None = None) -> list[RankedList]:
         widened = [dataclasses.replace(r, exclude=r.exclude | touched)  # type: ignore[type-var]
                    if (touched := self._touched.get(r.user_id)) else r for r in requests]
@@ -144,6 +153,7 @@ class Variant:
     relist_bought: bool = False  # True: bought items listed again at once (a what-if; DESIGN.md forbids it)
     bought_cooldown_s: float | None = None  # None: the options' cool-down (24 h); math.inf: never again
     rerank: RerankParams | None = None  # None: the shipped re-rank defaults (scene strategies, diversity)
+    retrain: bool = True  # False: the model of the training period serves the whole replay
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -156,6 +166,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("streamrec_relist_bought", relist_bought=True),
     Variant("streamrec_no_diversity", rerank=without_diversity(RerankParams())),
     Variant("streamrec_relevance_only", rerank=RELEVANCE_PARAMS),
+    Variant("streamrec_no_retrain", retrain=False),
 )
 
 
@@ -181,7 +192,8 @@ def streamrec_ranker(
         options = dataclasses.replace(options, bought_cooldown_s=variant.bought_cooldown_s)
     recommender = Recommender(
         None, None, Trending(half_life_s=half_life_s), options, rerank_params or variant.rerank or RerankParams(),
-        state=UserStates(params, SceneModel() if variant.use_scene else None), trainer=trainer, name=variant.name)
+        state=UserStates(params, SceneModel() if variant.use_scene else None), trainer=trainer,
+        retrains=variant.retrain, name=variant.name)
     return recommender if variant.resurface else NoResurface(recommender)
 
 
