@@ -34,7 +34,7 @@ def _need_broker(settings: Settings) -> None:
                                  "(the demo prints the embedded broker's address)")
 
 
-SERVICES = frozenset({"worker", "serve", "demo", "bench"})  # long-running: their client logs stay on
+SERVICES = frozenset({"worker", "serve", "demo", "bench", "trainer"})  # long-running: their client logs stay on
 
 
 def _need_events(path: Path) -> None:
@@ -187,6 +187,22 @@ def train(
     typer.echo(f"model version {path.name} written to {path}")
 
 
+@cli.command()
+def trainer(
+    once: Annotated[bool, typer.Option("--once", help="one round, then exit (cron, tests)")] = False,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Retrain on the input topics' recent events every STREAMREC_RETRAIN_EVERY_S; workers swap versions."""
+    from app.tools.retrain import run_trainer
+
+    settings = _settings(bootstrap)
+    _need_broker(settings)
+    try:
+        asyncio.run(run_trainer(settings, once=once))
+    except KeyboardInterrupt:
+        pass
+
+
 @cli.command("forget-user")
 def forget_user(user_id: str, bootstrap: Bootstrap = None) -> None:
     """Erase a user (privacy): store and history now; the worker drops its tables' rows and the
@@ -207,6 +223,9 @@ def evaluate(
     baselines_only: Annotated[bool, typer.Option(help="skip StreamRec and its ablations")] = False,
     systems: Annotated[str | None, typer.Option(help="comma-separated system names: only these "
                                                 "(default: every one)")] = None,
+    retrain_every_hours: Annotated[float | None, typer.Option(
+        min=0.01, help="retrain StreamRec's model on everything seen so far each time the replay's clock "
+        "passes this many hours (a deployment's scheduled retrain); default: train once")] = None,
 ) -> None:
     """Streaming evaluation on real data: time split, score each event's item against the list served."""
     from app.evaluation.command import evaluate_command, system_names
@@ -221,7 +240,8 @@ def evaluate(
         if baselines_only and any(name.startswith("streamrec") for name in names):
             raise typer.BadParameter("--baselines-only skips the streamrec systems named", param_hint="--systems")
     _need_events(data)
-    result = evaluate_command(data, json_out, report, baselines_only=baselines_only, systems=names)
+    result = evaluate_command(data, json_out, report, baselines_only=baselines_only, systems=names,
+                              retrain_every_hours=retrain_every_hours)
     for name, system in result.systems.items():
         typer.echo(f"{name:22s} HR@{result.k} {100 * (system.warm[f'hr@{result.k}'] or 0):6.2f}%  "
                    f"MRR@{result.k} {100 * (system.warm[f'mrr@{result.k}'] or 0):6.2f}%")

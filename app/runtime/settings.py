@@ -99,6 +99,15 @@ class Settings(BaseSettings):
     browsing_diversity_head: int = Field(5, ge=0, le=500, description="browsing lists: the first items kept in "
                                          "relevance order; category coverage re-orders the rest")
 
+    # --- Scheduled retrain (`streamrec trainer`, app/tools/retrain.py) --------------------------------
+    retrain_every_s: float = Field(3600.0, gt=0, description="how often the trainer writes a new model version")
+    retrain_history_s: float = Field(7 * 24 * 3600.0, gt=0, description="the trainer learns from the input "
+                                     "events of this long before the newest one (event time)")
+    retrain_max_events: int = Field(5_000_000, ge=1, description="at most this many of the newest events")
+    retrain_min_events: int = Field(1000, ge=1, description="fewer valid events: no new version this round")
+    retrain_keep: int = Field(5, ge=0, description="model versions kept under model_dir (the newest, plus any "
+                                                   "an experiment names); 0 = never remove one")
+
     # --- Storage -----------------------------------------------------------------------------------
     store: Literal["sqlite", "cassandra"] = "sqlite"
     sqlite_path: Path = Path("var/streamrec.db")
