@@ -190,12 +190,19 @@ def train(
 @cli.command()
 def trainer(
     once: Annotated[bool, typer.Option("--once", help="one round, then exit (cron, tests)")] = False,
+    health: Annotated[bool, typer.Option("--health", help="exit 1 when the last round failed or is overdue "
+                                         "(a container health check); trains nothing")] = False,
     bootstrap: Bootstrap = None,
 ) -> None:
     """Retrain on the input topics' recent events every STREAMREC_RETRAIN_EVERY_S; workers swap versions."""
-    from app.tools.retrain import run_trainer
+    from app.tools.retrain import health_problem, run_trainer
 
     settings = _settings(bootstrap)
+    if health:
+        problem = health_problem(settings)
+        if problem is not None:
+            raise UserError(f"trainer unhealthy: {problem}")
+        return
     _need_broker(settings)
     try:
         asyncio.run(run_trainer(settings, once=once))

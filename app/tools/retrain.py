@@ -122,17 +122,47 @@ async def retrain_once(settings: Settings) -> Path | None:
     return path
 
 
+STATUS_FILE = ".trainer.json"  # under model_dir; a dot name, so never taken for a version
+
+
+def write_status(settings: Settings, ok: bool, version: str | None) -> None:
+    """What the last round did and when: the trainer's health check reads it (`streamrec trainer --health`)."""
+    settings.model_dir.mkdir(parents=True, exist_ok=True)
+    status = {"finished_at": time.time(), "ok": ok, "version": version}
+    tmp = settings.model_dir / f"{STATUS_FILE}.tmp"
+    tmp.write_text(json.dumps(status))
+    tmp.replace(settings.model_dir / STATUS_FILE)
+
+
+def health_problem(settings: Settings, now: float | None = None) -> str | None:
+    """Why the trainer is unhealthy (no round finished for two periods and ten minutes, or the last
+    round failed), or None."""
+    path = settings.model_dir / STATUS_FILE
+    if not path.is_file():
+        return f"no round has finished yet ({path} is missing)"
+    status = json.loads(path.read_text())
+    age = (time.time() if now is None else now) - float(status["finished_at"])
+    if age > 2 * settings.retrain_every_s + 600:
+        return f"the last round finished {age:.0f} s ago"
+    if not status["ok"]:
+        return "the last round failed (the trainer's log says why)"
+    return None
+
+
 async def run_trainer(settings: Settings, once: bool = False) -> None:
     """Retrain every `retrain_every_s` (the first round at once); a failed round is logged and retried
     at the next one, so a broker hiccup never stops the schedule."""
     while True:
         started = time.monotonic()
         try:
-            await retrain_once(settings)
+            path = await retrain_once(settings)
         except Exception:
+            write_status(settings, False, None)
             if once:
                 raise
             logger.exception("trainer: this round failed; the next one is in %.0f s", settings.retrain_every_s)
+        else:
+            write_status(settings, True, path.name if path is not None else None)
         if once:
             return
         await asyncio.sleep(max(0.0, settings.retrain_every_s - (time.monotonic() - started)))

@@ -4,7 +4,6 @@ without a restart; old versions are pruned, never one an experiment names."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from app.tools.retrain import prune_versions
 from app.tools.simulator import simulate
 from models.vectors import ItemVectors
 from schemas import topics
@@ -78,14 +76,3 @@ def test_the_trainer_writes_a_version_from_the_topics_and_the_worker_swaps_to_it
         assert second != first
         wait_for(lambda: worker.get("/readyz").json()["model_version"] == second, timeout_s=60)
 
-
-def test_pruning_keeps_the_newest_and_the_versions_an_experiment_names(tmp_path: Path) -> None:
-    for n in range(5):
-        (tmp_path / f"m-{n}").mkdir()
-        (tmp_path / f"m-{n}" / "meta.json").write_text(json.dumps({"created_at": f"2026-12-0{n + 1}T00:00:00"}))
-    (tmp_path / ".tmp-half-written").mkdir()
-    assert prune_versions(tmp_path, 2, protected={"m-0"}) == ["m-1", "m-2"]
-    assert versions(tmp_path) == ["m-0", "m-3", "m-4"] and (tmp_path / ".tmp-half-written").exists()
-    assert prune_versions(tmp_path, 0, protected=set()) == []  # 0: keep every version
-    assert prune_versions(tmp_path, 1, protected=set()) == ["m-0", "m-3"]
-    assert versions(tmp_path) == ["m-4"]

@@ -241,3 +241,29 @@ def test_dockerfile_is_multi_stage_non_root_with_a_cuda_variant() -> None:
     assert "ARG VARIANT=cpu" in text and "onnxruntime-gpu[cuda,cudnn]" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "var"} <= set(ignored)
+
+
+def test_the_trainer_writes_the_model_versions_every_worker_reads() -> None:
+    services = compose_model()["services"]
+    trainer, worker = services["trainer"], services["worker"]
+    assert trainer["command"] == ["trainer"]
+    assert trainer["healthcheck"]["test"] == ["CMD", "streamrec", "trainer", "--health"]
+    shared = {(m["source"], m["target"]) for m in trainer["volumes"]} & {(m["source"], m["target"])
+                                                                         for m in worker["volumes"]}
+    assert shared == {("models", "/var/lib/streamrec/models")}
+
+    docs = kustomize("base")
+    model_dir = one(docs, "ConfigMap", "streamrec-config")["data"]["STREAMREC_MODEL_DIR"]
+    deployment = one(docs, "Deployment", "streamrec-trainer")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["trainer"]
+    assert container["livenessProbe"]["exec"]["command"] == ["streamrec", "trainer", "--health"]
+    claim = one(docs, "PersistentVolumeClaim", "streamrec-models")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for spec in (pod, one(docs, "StatefulSet", "streamrec-worker")["spec"]["template"]["spec"]):
+        volume = next(v["name"] for v in spec["volumes"]
+                      if v.get("persistentVolumeClaim", {}).get("claimName") == "streamrec-models")
+        mounts = [m for c in spec["containers"] for m in c["volumeMounts"] if m["name"] == volume]
+        assert [m["mountPath"] for m in mounts] == [model_dir]
