@@ -14,7 +14,6 @@ from app.runtime.faust_fixes.consumer import (
     ReReadJumps,
     SeekOnConsumerThread,
     SkippedNotAcked,
-    StreamsWaitForRebalanceEnd,
 )
 from app.runtime.faust_fixes.fastpath import FastDrain
 from app.runtime.faust_fixes.highwater import FetchWaitFromApp, ProbedHighwaters
@@ -26,8 +25,8 @@ class StreamRecConsumerThread(ProbedHighwaters, FetchWaitFromApp, faust_aiokafka
 
 
 class StreamRecConsumer(ReReadJumps, JumpsAreHoles, NoCommitOverFetchedRecord, SkippedNotAcked,
-                        RepairBlockedPartitions, SeekOnConsumerThread, StreamsWaitForRebalanceEnd, CommitGate,
-                        FetchTracking, DroppedSharesDone, faust_aiokafka.Consumer):
+                        RepairBlockedPartitions, SeekOnConsumerThread, CommitGate, FetchTracking,
+                        DroppedSharesDone, faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with every consumer-side fix, on Faust's own drain loop (the default)."""
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:

@@ -28,7 +28,6 @@ STUCK_AFTER_S = 10.0  # a hole with nothing below it in flight: nothing will eve
 # stays if that message's batch never ends (an agent restarted past its take buffer): give it longer.
 STUCK_IN_FLIGHT_AFTER_S = 120.0
 FETCH_ROUND_WAIT_S = 60.0  # how long a repair waits for the fetch loop to finish its current batch
-REBALANCE_POLL_S = 0.05  # how often a fetch with only stream partitions checks whether the rebalance ended
 
 
 def stream_channels(app: Any) -> list[Any]:
@@ -217,32 +216,6 @@ class SeekOnConsumerThread(faust_aiokafka.Consumer):
         """aiokafka's seek deletes fetched records and completes the fetch routine's future: only safe on
         the thread whose event loop runs aiokafka (Faust's own seeks already run there)."""
         await self._thread.call_thread(self._thread.seek, partition, offset)
-
-
-class StreamsWaitForRebalanceEnd(faust_aiokafka.Consumer):
-    """Fault 20: no stream partition's records are taken from aiokafka until the rebalance has ended
-    (docs/RELIABILITY.md).
-
-    Faust's table recovery ends by resuming the stream partitions, seeking them to their committed
-    offsets (`perform_seek`) and only then calling `flow_control.resume()`, which clears every stream
-    queue, and `on_rebalance_end`. The flow already runs (recovery read the changelogs), so records the
-    fetch loop hands over in between are dropped unprocessed while aiokafka's position has moved past
-    them. Where a committed offset exists Faust's read offset is reset and the next fetch shows a jump
-    (fault 17 reads it again); with nothing committed aiokafka is not sought and the read offset is
-    None, so the records after them are delivered first and they come only after a restart or a repair.
-    Here the fetch asks aiokafka only for changelog partitions while `app.rebalancing`: recovery reads
-    on, and a stream partition's records stay in aiokafka, sought or not, until they can be delivered.
-    """
-
-    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
-        if active_partitions is not None and self.app.rebalancing:
-            changelogs = {tp for tp in active_partitions if self._is_changelog_tp(tp)}
-            if len(changelogs) < len(active_partitions):
-                if not changelogs:  # an empty set would ask aiokafka for every partition
-                    await asyncio.sleep(min(timeout, REBALANCE_POLL_S))
-                    return {}
-                active_partitions, timeout = changelogs, min(timeout, REBALANCE_POLL_S)
-        return await super()._getmany(active_partitions, timeout)
 
 
 class ReReadJumps(FetchTracking):
