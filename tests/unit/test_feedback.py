@@ -196,3 +196,19 @@ def test_snapshot_shows_open_windows_without_closing_them() -> None:
     assert open_now.metric == "feedback_open" and open_now.ctr == 1.0 and open_now.lists == 1
     (closed,) = fw.close(force=True)
     assert closed.metric == "feedback" and closed.ctr == 1.0 and fw.snapshot() == []
+
+
+def test_user_feedback_rows_are_what_asdict_gives_and_read_back() -> None:
+    import dataclasses
+
+    from models.feedback import ListRef, UserFeedback
+
+    row = UserFeedback(lists=[ListRef("r1", 5, "browsing", "m-1", ["a", "b"], clicked=True, experiment="e", arm="control"),
+                              ListRef("r2", 9, "shopping", "m-2", ["c"])],
+                       latest_scored=False, last_scene="shopping", event_ids=["x", "y"], experiments=["e"])
+    assert row.to_dict() == dataclasses.asdict(row)  # a field added to either class must be added to to_dict
+    assert list(row.to_dict()) == [f.name for f in dataclasses.fields(UserFeedback)]
+    assert UserFeedback.from_dict(row.to_dict()) == row
+    copied = row.to_dict()
+    copied["lists"][0]["items"].append("z")
+    assert row.lists[0].items == ["a", "b"]  # a copy, as asdict's was
